@@ -1,0 +1,3 @@
+from moodlens.cli import main
+
+main()

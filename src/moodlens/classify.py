@@ -1,0 +1,86 @@
+"""classify stage: 48x48 grayscale faces -> calibrated expression probabilities, in LiteRT.
+
+The shipped models live in `moodlens/models/` as `expression-<classes>.tflite` with a model card
+`expression-<classes>.json` beside each (classes, input, temperature, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from moodlens.data import FACE_SIZE
+from moodlens.errors import ModelError
+
+
+def shipped_model_path(classes: str | int = "4") -> Path:
+    """Path of the shipped `classes`-class model file."""
+    return Path(str(resources.files("moodlens") / "models" / f"expression-{classes}.tflite"))
+
+
+class ExpressionClassifier:
+    """A LiteRT expression model: `predict(faces)` -> (N, C) probabilities, rows summing to 1.
+
+    Loaded once; `predict` is thread-safe (one interpreter per thread). Faces are (N, 48, 48) uint8 or float
+    grayscale 0..255, already aligned and cropped like the training data.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, classes: str | int = "4", num_threads: int = 1):
+        self.path = Path(model_path) if model_path else shipped_model_path(classes)
+        self.card = self._read_card()
+        self.num_threads = num_threads
+        self._local = threading.local()
+        interpreter = self._interpreter()  # fail at start-up, not on the first request
+        n_out = int(interpreter.get_output_details()[0]["shape"][-1])
+        self.classes: tuple[str, ...] = tuple(self.card.get("classes") or self._default_classes(n_out))
+        if len(self.classes) != n_out:
+            raise ModelError(f"{self.path}: model has {n_out} outputs but its card lists {len(self.classes)} classes")
+
+    @staticmethod
+    def _default_classes(n: int) -> tuple[str, ...]:
+        from moodlens.labels import FOUR, SEVEN
+
+        return {4: FOUR.classes, 7: SEVEN.classes}.get(n) or tuple(f"class{i}" for i in range(n))
+
+    def _read_card(self) -> dict:
+        card = self.path.with_suffix(".json")
+        if not card.exists():
+            return {}
+        try:
+            return json.loads(card.read_text())
+        except ValueError as exc:
+            raise ModelError(f"{card}: model card is not valid JSON ({exc})") from exc
+
+    def _interpreter(self):
+        it = getattr(self._local, "interpreter", None)
+        if it is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            if not self.path.is_file():
+                raise ModelError(f"model file not found: {self.path}")
+            try:
+                it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+                it.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise ModelError(f"{self.path}: not a loadable LiteRT model ({exc})") from exc
+            self._local.interpreter, self._local.batch = it, 1
+        return it
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for faces (N, 48, 48) or (N, 48, 48, 1)."""
+        x = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE, 1)
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        it = self._interpreter()
+        inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        if self._local.batch != len(x):
+            it.resize_tensor_input(inp, x.shape, strict=False)
+            it.allocate_tensors()
+            self._local.batch = len(x)
+        it.set_tensor(inp, x)
+        it.invoke()
+        return it.get_tensor(out).copy()

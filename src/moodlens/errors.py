@@ -1,0 +1,41 @@
+"""Typed errors. Every failure a user can cause has its own class and a message that says what to do."""
+
+from __future__ import annotations
+
+
+class MoodlensError(Exception):
+    """Base class of every error moodlens raises on purpose."""
+
+
+class ModelError(MoodlensError):
+    """A model file is missing, corrupt or does not match its card."""
+
+
+class ImageError(MoodlensError):
+    """The input could not be used as an image."""
+
+    status = 422
+
+
+class NotAnImageError(ImageError):
+    """The bytes are not an image in a supported format."""
+
+    status = 415
+
+
+class TruncatedImageError(ImageError):
+    """The image file is cut short or corrupt."""
+
+    status = 422
+
+
+class ImageTooLargeError(ImageError):
+    """The file is over the byte limit, or the image over the pixel limit (decompression-bomb guard)."""
+
+    status = 413
+
+
+class ImageTooSmallError(ImageError):
+    """The image is too small to hold a face."""
+
+    status = 422

@@ -1,0 +1,34 @@
+"""The expression classifier network (Keras 3). Imported only by training and export: serving never needs it."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from moodlens.data import FACE_SIZE
+
+
+def conv_block(x, filters: int, dropout: float, name: str):
+    """Two 3x3 conv + BN + ReLU, then 2x2 max-pool and dropout (a VGG stage)."""
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+    x = layers.MaxPooling2D(name=f"{name}_pool")(x)
+    return layers.Dropout(dropout, name=f"{name}_drop")(x)
+
+
+def build_classifier(n_classes: int, width: int = 32, dropout: float = 0.4) -> keras.Model:
+    """A four-stage VGG-style CNN over 48x48 grayscale faces; about 1.2M parameters at width 32.
+
+    Input: (N, 48, 48, 1) float32 grayscale values 0..255 (scaling is inside the model, so every runtime
+    feeds raw pixels). Output: (N, n_classes) logits.
+    """
+    inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    for stage, mult in enumerate((1, 2, 4, 8), start=1):
+        x = conv_block(x, width * mult, dropout=0.1 * stage, name=f"stage{stage}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="head_drop")(x)
+    outputs = layers.Dense(n_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="moodlens_cnn")

@@ -1,0 +1,247 @@
+"""`moodlens train`: train the expression classifier, top to bottom in one file.
+
+A run folder holds config.json, history.csv, curves.png, last.keras (every epoch, with optimizer state),
+best.keras (best selection metric) and state.json. `--resume` reloads last.keras and goes on from the next
+epoch; data order and augmentation are stateless functions of (seed, epoch, step), so a resumed run trains
+on exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moodlens.data import FaceDataset, load_fer, read_fer2013, read_ferplus
+from moodlens.labels import FER2013_CLASSES, FOUR, SEVEN, class_set
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as config.json)."""
+
+    run_dir: str
+    fer2013: str | None = None
+    ferplus: str | None = None
+    shards: str | None = None  # Parquet face-crop shards from `moodlens spark-prepare`
+    classes: str = "7"
+    targets: str = "mixed"
+    train_split: str = "Training"
+    val_split: str = "PublicTest"
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    class_weight: str = "none"  # none | sqrt | balanced
+    width: int = 32
+    seed: int = 1234
+    limit: int | None = None  # train on the first N rows only (smoke tests)
+    extra: dict = field(default_factory=dict)
+
+
+def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
+    """Per-class loss weights: none, inverse frequency ('balanced') or its square root ('sqrt')."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    if mode == "none":
+        return np.ones(n_classes, np.float32)
+    inv = counts.sum() / np.maximum(counts, 1) / n_classes
+    w = np.sqrt(inv) if mode == "sqrt" else inv
+    return (w / (w * counts).sum() * counts.sum()).astype(np.float32)
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Train and validation sets, plus FER PublicTest probes (images, labels) for per-epoch metrics."""
+    cs = class_set(cfg.classes)
+    if cfg.shards:
+        from moodlens.shards import load_shards
+
+        train, val = load_shards(cfg.shards, cs, seed=cfg.seed)
+        return train, val, {}
+    frame = read_fer2013(cfg.fer2013)
+    votes = read_ferplus(cfg.ferplus) if cfg.ferplus else None
+    train = load_fer(cfg.fer2013, cfg.train_split, cs, targets=cfg.targets, frame=frame, votes=votes)
+    val = load_fer(cfg.fer2013, cfg.val_split, cs, targets=cfg.targets, frame=frame, votes=votes)
+    probes = {}
+    for probe_cs in (FOUR, SEVEN):
+        if set(probe_cs.classes) <= set(cs.classes):
+            d = load_fer(cfg.fer2013, cfg.val_split, probe_cs, frame=frame)
+            probes[f"fer2013_{probe_cs.name}"] = (d.images, d.y)
+            if votes is not None:
+                d = load_fer(cfg.fer2013, cfg.val_split, probe_cs, targets="ferplus", frame=frame, votes=votes)
+                probes[f"ferplus_{probe_cs.name}"] = (d.images, d.y)
+    if cfg.limit:
+        train = FaceDataset(train.images[: cfg.limit], train.y[: cfg.limit], train.target[: cfg.limit], cs)
+    return train, val, probes
+
+
+def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
+    """Batches for epochs start_epoch..epochs-1: per-epoch stateless shuffle and augmentation."""
+    import tensorflow as tf
+
+    from moodlens.augment import augment_batch
+
+    images = tf.constant(train.images[..., None], tf.uint8)
+    targets = tf.constant(train.target, tf.float32)
+    weights = tf.constant(class_weights(train.y, len(train.class_set), cfg.class_weight))
+    n, bs = len(train), cfg.batch_size
+    steps = n // bs
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([cfg.seed, e]))
+        batches = tf.reshape(order[: steps * bs], [steps, bs])
+        step_ids = tf.range(steps, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((step_ids, batches)).map(
+            lambda s, idx: batch(e, s, idx), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def batch(e, s, idx):
+        x = tf.cast(tf.gather(images, idx), tf.float32)
+        x = augment_batch(x, tf.stack([cfg.seed + 1, e * 100_000 + s]))
+        t = tf.gather(targets, idx)
+        w = tf.reduce_sum(t * weights, axis=1)
+        return x, t, w
+
+    ds = tf.data.Dataset.range(start_epoch, cfg.epochs).flat_map(epoch)
+    return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
+    import keras
+
+    from moodlens.model import build_classifier
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_classifier(n_classes, width=cfg.width)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.lr / 10, decay_steps=max(total - warmup, 1), alpha=0.01,
+        warmup_target=cfg.lr, warmup_steps=warmup)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> dict:
+    """Accuracy on each FER probe, restricting the model's output to the probe's classes."""
+    out = {}
+    for name, (images, y) in probes.items():
+        probe_classes = FOUR.classes if name.endswith("_4") else FER2013_CLASSES
+        cols = [classes.index(c) for c in probe_classes]
+        logits = model.predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
+        out[f"val_{name}_acc"] = float((logits[:, cols].argmax(1) == y).mean())
+    return out
+
+
+def plot_curves(history_csv: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    h = pd.read_csv(history_csv)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for col in ("loss", "val_loss"):
+        if col in h:
+            ax1.plot(h["epoch"] + 1, h[col], label=col)
+    for col in [c for c in h.columns if c.endswith("acc") or c.endswith("accuracy")]:
+        ax2.plot(h["epoch"] + 1, h[col], label=col)
+    ax1.set(title="loss", xlabel="epoch")
+    ax2.set(title="accuracy", xlabel="epoch")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: float):
+    import keras
+
+    monitor = cfg.extra.get("monitor") or ("val_fer2013_7_acc" if "fer2013_7" in probes else "val_accuracy")
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Probe metrics, checkpoints, state and curves, in that order, at the end of every epoch."""
+
+        best = start_best
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(probe_accuracy(self.model, probes, classes))
+            logs["lr"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+            write_history_row(run / "history.csv", epoch, logs)
+            score = logs.get(monitor, logs.get("val_accuracy", 0.0))
+            if score > self.best:
+                self.best = score
+                self.model.save(run / "best.keras")
+            self.model.save(run / "last.tmp.keras")
+            os.replace(run / "last.tmp.keras", run / "last.keras")
+            (run / "state.json").write_text(json.dumps(
+                {"epochs_done": epoch + 1, "best": self.best, "monitor": monitor}, indent=1))
+            plot_curves(run / "history.csv", run / "curves.png")
+
+    return [EpochEnd()]
+
+
+def write_history_row(path: Path, epoch: int, logs: dict) -> None:
+    """Append one epoch to history.csv (header from the first row)."""
+    row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1) -> Path:
+    """Train (or resume) the run in cfg.run_dir; returns the run folder."""
+    import keras
+    import tensorflow as tf
+
+    run = Path(cfg.run_dir)
+    if resume:
+        saved = TrainConfig(**json.loads((run / "config.json").read_text()))
+        cfg = saved
+        state = json.loads((run / "state.json").read_text())
+        start, best = state["epochs_done"], state["best"]
+    else:
+        if (run / "state.json").exists():
+            raise FileExistsError(f"{run} already holds a run: pass --resume to continue it, or pick a new folder")
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        start, best = 0, -1.0
+    tf.config.experimental.enable_op_determinism() if cfg.extra.get("deterministic") else None
+
+    train_set, val_set, probes = load_datasets(cfg)
+    stream, steps = make_train_stream(train_set, cfg, start)
+    if start > 0:
+        model = keras.models.load_model(run / "last.keras")
+        # history rows after the checkpoint (an epoch that crashed mid-write) are dropped
+        trim_history(run / "history.csv", start)
+    else:
+        model = build_and_compile(cfg, len(train_set.class_set), steps)
+    if start >= cfg.epochs:
+        return run
+    val = (val_set.images[..., None].astype(np.float32),
+           np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
+    model.fit(stream, epochs=cfg.epochs, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
+              callbacks=make_callbacks(cfg, run, probes, train_set.class_set.classes, best), verbose=verbose)
+    return run
+
+
+def trim_history(path: Path, epochs_done: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: epochs_done + 1]))
