@@ -84,3 +84,17 @@ class ExpressionClassifier:
         it.set_tensor(inp, x)
         it.invoke()
         return it.get_tensor(out).copy()
+
+
+def ms_per_face(classifier: ExpressionClassifier, batch: int, repeats: int = 50) -> float:
+    """Median milliseconds per face for batches of `batch` random faces (after one warm-up call)."""
+    import time
+
+    faces = np.random.default_rng(0).integers(0, 256, (batch, FACE_SIZE, FACE_SIZE)).astype(np.float32)
+    classifier.predict(faces)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        classifier.predict(faces)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000 / batch)

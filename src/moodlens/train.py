@@ -175,6 +175,14 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
 
         best = start_best
 
+        def on_epoch_begin(self, epoch, logs=None):
+            # Dropout's seed-generator counters are not restored from a checkpoint, so pin them per epoch:
+            # a resumed run then draws the same dropout masks as an uninterrupted one.
+            for i, layer in enumerate(self.model.layers):
+                gen = getattr(layer, "seed_generator", None)
+                if gen is not None:
+                    gen.state.assign(np.array([cfg.seed + i, epoch * 10_000_000], dtype=gen.state.dtype))
+
         def on_epoch_end(self, epoch, logs=None):
             logs.update(probe_accuracy(self.model, probes, classes))
             logs["lr"] = float(keras.ops.convert_to_numpy(
@@ -204,8 +212,11 @@ def write_history_row(path: Path, epoch: int, logs: dict) -> None:
         writer.writerow(row)
 
 
-def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1) -> Path:
-    """Train (or resume) the run in cfg.run_dir; returns the run folder."""
+def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: int | None = None) -> Path:
+    """Train (or resume) the run in cfg.run_dir; returns the run folder.
+
+    `stop_after` ends this call after that many epochs (the run stays resumable), for time-boxed sessions.
+    """
     import keras
     import tensorflow as tf
 
@@ -221,7 +232,8 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1) -> Path:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         start, best = 0, -1.0
-    tf.config.experimental.enable_op_determinism() if cfg.extra.get("deterministic") else None
+    if cfg.extra.get("deterministic"):
+        tf.config.experimental.enable_op_determinism()
 
     train_set, val_set, probes = load_datasets(cfg)
     stream, steps = make_train_stream(train_set, cfg, start)
@@ -235,7 +247,8 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1) -> Path:
         return run
     val = (val_set.images[..., None].astype(np.float32),
            np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
-    model.fit(stream, epochs=cfg.epochs, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    model.fit(stream, epochs=end, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
               callbacks=make_callbacks(cfg, run, probes, train_set.class_set.classes, best), verbose=verbose)
     return run
 

@@ -1,0 +1,181 @@
+"""`moodlens evaluate`: accuracy, macro-F1, per-class metrics and confusion matrix on any FER2013-format split.
+
+Works with the shipped .tflite models (LiteRT, no TensorFlow) and with training checkpoints (.keras). For a
+class subset (e.g. `--classes 4` on a 7-class file) rows of the other classes are left out and the model's
+output is restricted to the subset before the argmax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from moodlens.data import FaceDataset, load_fer, read_fer2013, read_ferplus
+from moodlens.labels import ClassSet, class_set
+
+
+class Predictor:
+    """Probabilities over `classes` for 48x48 faces, from a .tflite or a .keras model."""
+
+    def __init__(self, model_path: str | Path | None = None, classes: str = "4"):
+        path = Path(model_path) if model_path else None
+        if path is not None and path.suffix == ".keras":
+            import keras
+
+            self._keras = keras.models.load_model(path, compile=False)
+            self.classes = keras_model_classes(path, self._keras.output_shape[-1])
+            self.logits = True
+        else:
+            from moodlens.classify import ExpressionClassifier
+
+            self._tflite = ExpressionClassifier(path, classes=classes, num_threads=2)
+            self.classes = self._tflite.classes
+            self.logits = False
+
+    def scores(self, faces: np.ndarray) -> np.ndarray:
+        """Class scores (N, C): logits for Keras checkpoints, probabilities for .tflite."""
+        x = faces[..., None].astype(np.float32)
+        if self.logits:
+            return self._keras.predict(x, batch_size=256, verbose=0)
+        return np.concatenate([self._tflite.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+
+def keras_model_classes(path: Path, n_outputs: int) -> tuple[str, ...]:
+    """Class names of a training checkpoint: from its run's config.json, else by output count."""
+    config = path.parent / "config.json"
+    name = json.loads(config.read_text())["classes"] if config.exists() else str(n_outputs)
+    return class_set(name).classes
+
+
+def restrict(scores: np.ndarray, model_classes: tuple[str, ...], target: ClassSet) -> np.ndarray:
+    """Columns of `scores` for the `target` classes, in target order."""
+    missing = set(target.classes) - set(model_classes)
+    if missing:
+        raise click.UsageError(f"the model has no output for {sorted(missing)}: it predicts {list(model_classes)}")
+    return scores[:, [model_classes.index(c) for c in target.classes]]
+
+
+def metrics_block(y: np.ndarray, pred: np.ndarray, cs: ClassSet) -> dict:
+    """n, accuracy, macro_f1, per-class precision/recall/f1/support and the confusion matrix."""
+    labels = list(range(len(cs)))
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)) if len(y) else 0.0,
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, c in enumerate(cs.classes)},
+        "confusion": {"labels": list(cs.classes),
+                      "matrix": confusion_matrix(y, pred, labels=labels).tolist()},
+    }
+
+
+def training_duplicates(frame, split: str, train_split: str = "Training") -> np.ndarray:
+    """Row numbers of `split` whose image is byte-identical to a `train_split` image."""
+    def digest(img: np.ndarray) -> str:
+        return hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest()
+
+    usage = frame["Usage"].to_numpy()
+    seen = {digest(img) for img, u in zip(frame["image"], usage, strict=True) if u == train_split}
+    return np.array([i for i, (img, u) in enumerate(zip(frame["image"], usage, strict=True))
+                     if u == split and digest(img) in seen], np.int64)
+
+
+def evaluate(
+    fer2013: str | Path,
+    split: str,
+    classes: str = "4",
+    ferplus: str | Path | None = None,
+    model: str | Path | None = None,
+    exclude_training_duplicates: bool = False,
+) -> dict:
+    """Evaluate `model` (default: the shipped model for `classes`) on `split`; the JSON-ready result."""
+    cs = class_set(classes)
+    predictor = Predictor(model, classes=classes)
+    frame = read_fer2013(fer2013)
+    drop = training_duplicates(frame, split) if exclude_training_duplicates else np.zeros(0, np.int64)
+
+    def block(ds: FaceDataset) -> dict:
+        keep = ~np.isin(ds.source_rows, drop)
+        pred = restrict(predictor.scores(ds.images[keep]), predictor.classes, cs).argmax(1)
+        return metrics_block(ds.y[keep], pred, cs)
+
+    out = {"model": str(model or f"shipped expression-{classes}"), "split": split, "classes": list(cs.classes),
+           "excluded_training_duplicates": int(len(drop))}
+    out.update(block(load_fer(fer2013, split, cs, frame=frame)))
+    if ferplus:
+        out["ferplus"] = block(load_fer(fer2013, split, cs, targets="ferplus", frame=frame,
+                                        votes=read_ferplus(ferplus)))
+    return out
+
+
+def plot_confusion(block: dict, title: str, out_png: Path) -> Path:
+    """Row-normalised confusion matrix with counts, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array(block["confusion"]["matrix"], float)
+    labels = block["confusion"]["labels"]
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(m[i, j])})", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def format_table(block: dict, title: str) -> str:
+    lines = [f"{title}: n={block['n']}  accuracy={block['accuracy']:.4f}  macro-F1={block['macro_f1']:.4f}",
+             f"  {'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for c, m in block["per_class"].items():
+        lines.append(f"  {c:<10}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
+    return "\n".join(lines)
+
+
+@click.command("evaluate")
+@click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="FER2013-format CSV (emotion,pixels,Usage), plain or .gz.")
+@click.option("--ferplus", type=click.Path(exists=True, dir_okay=False),
+              help="FER+ vote file aligned by line; adds a 'ferplus' block for FER+ majority labels.")
+@click.option("--split", required=True, help="Usage value to evaluate, e.g. PublicTest.")
+@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
+@click.option("--model", type=click.Path(exists=True, dir_okay=False),
+              help="A .tflite or .keras model (default: the shipped model for --classes).")
+@click.option("--exclude-training-duplicates", is_flag=True,
+              help="Leave out rows whose image also appears in Training.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for the confusion-matrix PNG (table mode).")
+def evaluate_command(fer2013, ferplus, split, classes, model, exclude_training_duplicates, as_json, out) -> None:
+    """Evaluate a model on one split of a FER2013-format file."""
+    try:
+        result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for key, label in (("", "FER2013 labels"), ("ferplus", "FER+ majority labels")):
+        if key and key not in result:
+            continue
+        block = result[key] if key else result
+        title = f"{split}, {classes} classes, {label}"
+        click.echo(format_table(block, title))
+        png = plot_confusion(block, title, Path(out) / f"confusion-{split}-{classes}{'-' + key if key else ''}.png")
+        click.echo(f"  confusion matrix: {png}\n")

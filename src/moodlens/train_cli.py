@@ -1,0 +1,157 @@
+"""`moodlens train` and `moodlens export`: the command-line face of train.py and export.py."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import click
+import numpy as np
+
+from moodlens.data import TARGETS
+
+
+@click.command("train")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for checkpoints, config, history.csv and curves.png.")
+@click.option("--fer2013", type=click.Path(exists=True, dir_okay=False), help="FER2013-format CSV (.csv/.csv.gz).")
+@click.option("--ferplus", type=click.Path(exists=True, dir_okay=False), help="FER+ vote file (fer2013new.csv).")
+@click.option("--shards", help="Parquet face-crop shards from `moodlens spark-prepare` (path or s3:// URL).")
+@click.option("--classes", type=click.Choice(["4", "7"]), default="7", show_default=True)
+@click.option("--targets", type=click.Choice(TARGETS), default="mixed", show_default=True,
+              help="FER2013 labels, FER+ majority, FER+ vote distribution, or a 50/50 mix of FER2013 and FER+.")
+@click.option("--epochs", type=int, default=36, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--class-weight", type=click.Choice(["none", "sqrt", "balanced"]), default="none", show_default=True)
+@click.option("--width", type=int, default=32, show_default=True, help="Channels of the first stage.")
+@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--limit", type=int, help="Train on the first N rows only (smoke tests).")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
+@click.option("--stop-after", type=int, help="Stop after this many epochs in this call (resume later).")
+def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, lr, label_smoothing,
+                  class_weight, width, seed, limit, resume, stop_after) -> None:
+    """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
+    from moodlens.train import TrainConfig, train
+
+    if not resume and not (fer2013 or shards):
+        raise click.UsageError("give --fer2013 (and optionally --ferplus) or --shards")
+    cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
+                      targets=targets, epochs=epochs, batch_size=batch_size, lr=lr,
+                      label_smoothing=label_smoothing, class_weight=class_weight, width=width, seed=seed,
+                      limit=limit)
+    try:
+        run = train(cfg, resume=resume, stop_after=stop_after)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"run folder: {run} (best.keras, last.keras, history.csv, curves.png)")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .tflite (card written beside).")
+@click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--ferplus", type=click.Path(exists=True, dir_okay=False))
+@click.option("--split", default="PublicTest", show_default=True, help="Split to calibrate and measure on.")
+@click.option("--uncertain-below", type=float, help="Top score under which a face is flagged uncertain.")
+def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_below) -> None:
+    """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
+    import keras
+
+    from moodlens.calibrate import calibration_report
+    from moodlens.classify import ExpressionClassifier, ms_per_face
+    from moodlens.data import load_fer, read_fer2013
+    from moodlens.evaluate import evaluate, keras_model_classes
+    from moodlens.export import columns_for, export_tflite
+    from moodlens.labels import class_set
+    from moodlens.modelcard import DATA_TERMS, INTENDED_USE, LIMITATIONS, write_card
+
+    ckpt = Path(checkpoint)
+    model = keras.models.load_model(ckpt, compile=False)
+    trained = class_set(str(len(keras_model_classes(ckpt, model.output_shape[-1]))))
+    target = class_set(classes)
+    cols = columns_for(trained, target)
+    frame = read_fer2013(fer2013)
+    cal_set = load_fer(fer2013, split, target, frame=frame)
+    logits = model.predict(cal_set.images[..., None].astype(np.float32), batch_size=256, verbose=0)[:, cols]
+    cal = calibration_report(logits, cal_set.y) | {"fitted_on": f"{split}, FER2013 labels"}
+    out = export_tflite(model, out, cols, cal["temperature"])
+
+    # round trip: the exported file must give what Keras gives
+    probe = cal_set.images[:64, ..., None].astype(np.float32)
+    ref = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(probe, verbose=0)[:, cols] / cal["temperature"]))
+    got = ExpressionClassifier(out, num_threads=1).predict(probe)
+    max_diff = float(np.abs(ref - got).max())
+
+    card_path = out.with_suffix(".json")
+    card_path.unlink(missing_ok=True)  # the card is rebuilt below from what was measured
+    metrics = {}
+    for dedup in (False, True):
+        res = evaluate(fer2013, split, classes, ferplus, out, exclude_training_duplicates=dedup)
+        suffix = ", without Training duplicates" if dedup else ""
+        metrics[f"{split}_fer2013{'_dedup' if dedup else ''}"] = {
+            "split": split + suffix, "labels": "FER2013", "n": res["n"], "accuracy": res["accuracy"],
+            "macro_f1": res["macro_f1"], "per_class": res["per_class"]}
+        if "ferplus" in res:
+            metrics[f"{split}_ferplus{'_dedup' if dedup else ''}"] = {
+                "split": split + suffix, "labels": "FER+ majority", "n": res["ferplus"]["n"],
+                "accuracy": res["ferplus"]["accuracy"], "macro_f1": res["ferplus"]["macro_f1"],
+                "per_class": res["ferplus"]["per_class"]}
+    clf = ExpressionClassifier(out, num_threads=1)
+    run_cfg = json.loads((ckpt.parent / "config.json").read_text()) if (ckpt.parent / "config.json").exists() else {}
+    card = {
+        "name": f"moodlens expression-{classes}",
+        "summary": f"A {len(target)}-class facial-expression classifier ({', '.join(target.classes)}) for "
+                   "48x48 grayscale aligned face crops, small enough to run in about a millisecond on one CPU core.",
+        "classes": list(target.classes),
+        "input": {"shape": [None, 48, 48, 1], "dtype": "float32", "channels": "grayscale", "range": "0..255",
+                  "description": "(N, 48, 48, 1) float32 grayscale pixel values 0..255 (scaling to -1..1 is inside "
+                                 "the model); faces rotated upright by the eye line and cropped square around the "
+                                 "face as moodlens.align does"},
+        "output": "(N, C) calibrated class probabilities, rows sum to 1",
+        "file": out.name, "file_bytes": out.stat().st_size,
+        "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
+                         "parameters": int(model.count_params()),
+                         "trained_classes": list(trained.classes), "output_columns": cols},
+        "temperature": cal["temperature"], "calibration": cal,
+        "uncertain_below": uncertain_below if uncertain_below is not None else (0.5 if len(target) == 4 else 0.4),
+        "metrics": metrics,
+        "export_check": {"max_abs_diff_vs_keras": max_diff},
+        "speed": {"ms_per_face_batch1": ms_per_face(clf, 1), "ms_per_face_batch32": ms_per_face(clf, 32),
+                  "runtime": "LiteRT (ai-edge-litert), 1 thread", "machine": cpu_name()},
+        "training": {
+            "description": (
+                f"Trained from scratch with `moodlens train` on the FER2013 Training split "
+                f"({run_cfg.get('classes', trained.name)} classes, targets '{run_cfg.get('targets', '?')}': "
+                "half the FER2013 label and half the FER+ vote distribution; rows FER+ marks not-a-face or "
+                "without a majority left out), "
+                f"{run_cfg.get('epochs', '?')} epochs, AdamW with warm-up and cosine decay, label smoothing "
+                f"{run_cfg.get('label_smoothing', '?')}, augmentation: random rotation/scale/shift in one affine, "
+                "horizontal flip, brightness/contrast jitter, random erasing. Checkpoint selected on "
+                f"{split} (7-class FER2013-label accuracy)."),
+            "config": run_cfg,
+        },
+        "data_terms": DATA_TERMS,
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+        "face_detector": "BlazeFace short- and full-range (Google MediaPipe, Apache-2.0); see face_detection.md",
+    }
+    json_path, md_path = write_card(card, card_path)
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), {json_path}, {md_path}")
+    click.echo(f"temperature {cal['temperature']}, export max abs diff {max_diff:.2e}")
+    for m in metrics.values():
+        click.echo(f"  {m['split']:<45} {m['labels']:<14} n={m['n']:<5} acc={m['accuracy']:.4f} "
+                   f"macro-F1={m['macro_f1']:.4f}")

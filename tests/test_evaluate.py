@@ -1,0 +1,111 @@
+"""`moodlens evaluate`: JSON schema, class restriction, any split name, and the shipped model's accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fer_fixtures import make_fer_pair
+from moodlens.cli import main
+from moodlens.evaluate import metrics_block, restrict
+from moodlens.labels import FOUR, SEVEN
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FER2013 = SHARED / "fer2013" / "fer2013.csv.gz"
+FERPLUS = SHARED / "ferplus" / "fer2013new.csv"
+MODELS = Path(__file__).resolve().parents[1] / "src" / "moodlens" / "models"
+
+
+def check_block(block: dict, classes: tuple[str, ...]) -> None:
+    assert set(block) >= {"n", "accuracy", "macro_f1", "per_class", "confusion"}
+    assert 0 <= block["accuracy"] <= 1 and 0 <= block["macro_f1"] <= 1
+    assert list(block["per_class"]) == list(classes)
+    for m in block["per_class"].values():
+        assert set(m) == {"precision", "recall", "f1", "support"}
+    assert block["confusion"]["labels"] == list(classes)
+    matrix = np.array(block["confusion"]["matrix"])
+    assert matrix.shape == (len(classes), len(classes)) and matrix.sum() == block["n"]
+    assert sum(m["support"] for m in block["per_class"].values()) == block["n"]
+
+
+def test_metrics_block_by_hand():
+    block = metrics_block(np.array([0, 0, 1, 3]), np.array([0, 1, 1, 3]), FOUR)
+    assert block["accuracy"] == 0.75
+    assert block["per_class"]["angry"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    assert block["confusion"]["matrix"][0] == [1, 1, 0, 0]
+
+
+def test_restrict_picks_the_four_columns_in_order():
+    scores = np.arange(7, dtype=float)[None]  # angry disgust fear happy sad surprise neutral
+    assert restrict(scores, SEVEN.classes, FOUR).tolist() == [[0, 3, 6, 4]]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    from moodlens.train import TrainConfig, train
+
+    tmp = tmp_path_factory.mktemp("eval")
+    fer, plus = make_fer_pair(tmp, split="HiddenTest")
+    run = train(TrainConfig(run_dir=str(tmp / "run"), fer2013=str(fer), ferplus=str(plus), epochs=1,
+                            batch_size=32, width=8, val_split="HiddenTest"), verbose=0)
+    return run / "best.keras", fer, plus
+
+
+def test_json_schema_on_a_split_name_we_do_not_have(tiny_checkpoint):
+    ckpt, fer, plus = tiny_checkpoint
+    out = CliRunner().invoke(main, ["evaluate", "--fer2013", str(fer), "--ferplus", str(plus), "--split",
+                                    "HiddenTest", "--classes", "7", "--model", str(ckpt), "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    check_block(result, SEVEN.classes)
+    check_block(result["ferplus"], SEVEN.classes)
+    assert result["n"] == 70
+
+
+def test_four_classes_on_a_seven_class_file_leaves_other_rows_out(tiny_checkpoint):
+    ckpt, fer, _ = tiny_checkpoint
+    out = CliRunner().invoke(main, ["evaluate", "--fer2013", str(fer), "--split", "HiddenTest",
+                                    "--classes", "4", "--model", str(ckpt), "--json"])
+    result = json.loads(out.output)
+    check_block(result, FOUR.classes)
+    assert "ferplus" not in result
+    from moodlens.data import read_fer2013
+
+    frame = read_fer2013(fer)
+    hidden = frame[frame["Usage"] == "HiddenTest"]
+    assert result["n"] == int(hidden["emotion"].isin([0, 3, 4, 6]).sum())
+
+
+def test_table_mode_writes_a_confusion_png(tiny_checkpoint, tmp_path):
+    ckpt, fer, _ = tiny_checkpoint
+    out = CliRunner().invoke(main, ["evaluate", "--fer2013", str(fer), "--split", "HiddenTest", "--classes", "7",
+                                    "--model", str(ckpt), "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "macro-F1" in out.output and "precision" in out.output
+    png = tmp_path / "confusion-HiddenTest-7.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_split_is_a_clear_error(tiny_checkpoint):
+    ckpt, fer, _ = tiny_checkpoint
+    out = CliRunner().invoke(main, ["evaluate", "--fer2013", str(fer), "--split", "Nope", "--model", str(ckpt)])
+    assert out.exit_code != 0 and "no rows with Usage == 'Nope'" in out.output
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not FER2013.exists(), reason="needs ../shared/data (FER2013)")
+@pytest.mark.parametrize("classes", ["4", "7"])
+def test_shipped_model_keeps_its_publictest_accuracy(classes):
+    from moodlens.evaluate import evaluate
+
+    card = json.loads((MODELS / f"expression-{classes}.json").read_text())
+    result = evaluate(FER2013, "PublicTest", classes, FERPLUS if FERPLUS.exists() else None)
+    recorded = card["metrics"]["PublicTest_fer2013"]["accuracy"]
+    assert result["accuracy"] >= recorded - 0.005
+    if "ferplus" in result:
+        assert result["ferplus"]["accuracy"] >= card["metrics"]["PublicTest_ferplus"]["accuracy"] - 0.005

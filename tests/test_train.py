@@ -1,0 +1,69 @@
+"""Training smoke test, exact resume, and the LiteRT export round trip (needs the `train` extra)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fer_fixtures import make_fer_pair
+
+pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from moodlens.classify import ExpressionClassifier  # noqa: E402
+from moodlens.train import TrainConfig, train  # noqa: E402
+
+
+def small_config(tmp_path, run: str, epochs: int = 1, **kw) -> TrainConfig:
+    fer, plus = make_fer_pair(tmp_path)
+    return TrainConfig(run_dir=str(tmp_path / run), fer2013=str(fer), ferplus=str(plus), classes="7",
+                       targets="mixed", epochs=epochs, batch_size=32, width=8, warmup_epochs=0,
+                       extra={"deterministic": True}, **kw)
+
+
+def test_one_epoch_writes_a_complete_run_folder(tmp_path):
+    run = train(small_config(tmp_path, "run"), verbose=0)
+    for name in ("config.json", "history.csv", "curves.png", "last.keras", "best.keras", "state.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "val_fer2013_4_acc" in history[0] and "val_ferplus_7_acc" in history[0]
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    cfg = small_config(tmp_path, "run")
+    train(cfg, verbose=0)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, verbose=0)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(small_config(tmp_path, "straight", epochs=2), verbose=0)
+    interrupted = train(small_config(tmp_path, "interrupted", epochs=2), verbose=0, stop_after=1)
+    assert json.loads((interrupted / "state.json").read_text())["epochs_done"] == 1
+    train(TrainConfig(run_dir=str(interrupted)), resume=True, verbose=0)
+    a = keras.models.load_model(straight / "last.keras").get_weights()
+    b = keras.models.load_model(interrupted / "last.keras").get_weights()
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) < 1e-5
+    assert len((interrupted / "history.csv").read_text().splitlines()) == 3
+
+
+def test_export_round_trip_matches_keras(tmp_path):
+    from moodlens.export import columns_for, export_tflite
+    from moodlens.labels import FOUR, SEVEN
+
+    run = train(small_config(tmp_path, "run"), verbose=0)
+    model = keras.models.load_model(run / "best.keras")
+    faces = np.random.default_rng(0).integers(0, 256, (20, 48, 48, 1)).astype(np.float32)
+    for target in (SEVEN, FOUR):
+        cols = columns_for(SEVEN, target)
+        path = export_tflite(model, tmp_path / f"m{target.name}.tflite", cols, temperature=1.7)
+        got = ExpressionClassifier(path, num_threads=1).predict(faces)
+        logits = model.predict(faces, verbose=0)[:, cols] / 1.7
+        ref = np.exp(logits - logits.max(1, keepdims=True))
+        ref /= ref.sum(1, keepdims=True)
+        assert got.shape == (20, len(target))
+        assert float(np.abs(got - ref).max()) < 1e-5
+        assert np.allclose(got.sum(1), 1, atol=1e-5)
