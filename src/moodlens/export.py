@@ -27,13 +27,21 @@ def inference_model(model, columns: list[int], temperature: float):
     return keras.Model(inputs, probs, name="moodlens_expression")
 
 
-def export_tflite(model, out_path: str | Path, columns: list[int], temperature: float = 1.0) -> Path:
-    """Write the calibrated, column-restricted classifier to `out_path` (.tflite)."""
+def export_tflite(model, out_path: str | Path, columns: list[int], temperature: float = 1.0,
+                  quantize: str = "none") -> Path:
+    """Write the calibrated, column-restricted classifier to `out_path` (.tflite).
+
+    `quantize="dynamic"` stores weights as int8 (dynamic-range quantization): a quarter of the size and, with
+    LiteRT's XNNPACK kernels, about 4x faster on a CPU core; `moodlens export` measures what it costs in accuracy.
+    """
+    import tensorflow as tf
+
     out_path = Path(out_path)
     wrapped = inference_model(model, columns, temperature)
+    options = {"optimizations": [tf.lite.Optimize.DEFAULT]} if quantize == "dynamic" else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / "model.tflite"
-        wrapped.export(str(tmp_file), format="litert", verbose=False)
+        wrapped.export(str(tmp_file), format="litert", verbose=False, **options)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_bytes(tmp_file.read_bytes())
     return out_path

@@ -52,6 +52,7 @@ def _metric_rows(metrics: dict) -> list[str]:
 def card_markdown(card: dict) -> str:
     """The card as readable Markdown."""
     cal = card.get("calibration", {})
+    weights = "int8 (dynamic-range)" if card.get("quantization") == "dynamic" else "float32"
     lines = [
         f"# Model card: {card['name']}",
         "",
@@ -63,7 +64,7 @@ def card_markdown(card: dict) -> str:
         "## Input and output",
         f"- Input: {card['input']['description']}",
         f"- Output: {card['output']}",
-        f"- File: `{card['file']}` ({card['file_bytes'] / 1e6:.2f} MB, LiteRT/TFLite, float32), "
+        f"- File: `{card['file']}` ({card['file_bytes'] / 1e6:.2f} MB, LiteRT/TFLite, weights {weights}), "
         f"{card['architecture']['parameters']:,} parameters ({card['architecture']['name']})",
         f"- Speed (LiteRT, 1 thread, {card['speed'].get('machine', '')}): "
         f"{card['speed']['ms_per_face_batch1']:.2f} ms per face at batch 1, "

@@ -67,7 +67,9 @@ def cpu_name() -> str:
 @click.option("--ferplus", type=click.Path(exists=True, dir_okay=False))
 @click.option("--split", default="PublicTest", show_default=True, help="Split to calibrate and measure on.")
 @click.option("--uncertain-below", type=float, help="Top score under which a face is flagged uncertain.")
-def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_below) -> None:
+@click.option("--quantize", type=click.Choice(["none", "dynamic"]), default="dynamic", show_default=True,
+              help="int8 weights (dynamic range): 4x smaller and faster; accuracy is measured after.")
+def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_below, quantize) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
     import keras
 
@@ -88,7 +90,7 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
     cal_set = load_fer(fer2013, split, target, frame=frame)
     logits = model.predict(cal_set.images[..., None].astype(np.float32), batch_size=256, verbose=0)[:, cols]
     cal = calibration_report(logits, cal_set.y) | {"fitted_on": f"{split}, FER2013 labels"}
-    out = export_tflite(model, out, cols, cal["temperature"])
+    out = export_tflite(model, out, cols, cal["temperature"], quantize=quantize)
 
     # round trip: the exported file must give what Keras gives
     probe = cal_set.images[:64, ..., None].astype(np.float32)
@@ -122,7 +124,7 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
                                  "the model); faces rotated upright by the eye line and cropped square around the "
                                  "face as moodlens.align does"},
         "output": "(N, C) calibrated class probabilities, rows sum to 1",
-        "file": out.name, "file_bytes": out.stat().st_size,
+        "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize,
         "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
                          "parameters": int(model.count_params()),
                          "trained_classes": list(trained.classes), "output_columns": cols},
