@@ -1,0 +1,91 @@
+"""The JSON API, `/api/v1`: analyze a photo, health, the model card, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from moodlens import __version__
+from moodlens.web.engines import CLASS_SETS, analyzers
+from moodlens.web.problems import ApiProblem
+from moodlens.web.security import rate_limit
+from moodlens.web.uploads import read_image
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.before_request(rate_limit)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _option(name: str) -> str | None:
+    """An option from the query string, else from the multipart form."""
+    value = request.args.get(name)
+    if value is None and request.mimetype == "multipart/form-data":
+        value = request.form.get(name)
+    return value
+
+
+def classes_option() -> str:
+    """The `classes` option ("4" or "7"), the app's default when absent."""
+    value = _option("classes")
+    if value is None or value == "":
+        return analyzers().default
+    if value not in CLASS_SETS:
+        raise ApiProblem(400, "bad-option", f"`classes` must be 4 or 7, not {value[:20]!r}.")
+    return value
+
+
+def bool_option(name: str) -> bool:
+    """A 0/1 option (also true/false, yes/no, on/off); False when absent."""
+    value = _option(name)
+    if value is None:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ApiProblem(400, "bad-option", f"`{name}` must be 0 or 1, not {value[:20]!r}.")
+
+
+@bp.post("/analyze")
+def analyze() -> Response:
+    """Find the faces in one photo and read each one's expression."""
+    classes = classes_option()
+    explain = bool_option("explain")
+    data = read_image()
+    analyzer = analyzers().get(classes)
+    start = time.perf_counter()
+    result = analyzer.analyze(data, explain=explain)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    resp = jsonify(result.to_dict())
+    resp.headers["Server-Timing"] = f"analyze;dur={elapsed_ms:.1f}"
+    return resp
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Liveness: the app is up and its default model is loaded."""
+    pool = analyzers()
+    return jsonify(status="ok", version=__version__, default_classes=pool.default, loaded=pool.loaded)
+
+
+@bp.get("/model")
+def model() -> Response:
+    """The model card of the `classes` model (default: the app's)."""
+    analyzer = analyzers().get(classes_option())
+    card = dict(getattr(analyzer, "model_card", None) or {})
+    card.setdefault("classes", list(analyzer.classes))
+    return jsonify(card)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API."""
+    from moodlens.web.openapi import openapi_document
+
+    doc = current_app.extensions.get("moodlens.openapi")
+    if doc is None:
+        doc = current_app.extensions["moodlens.openapi"] = openapi_document(current_app)
+    return jsonify(doc)
