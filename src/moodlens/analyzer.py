@@ -1,0 +1,129 @@
+"""The engine behind every front end: decode -> detect -> align -> classify (-> explain), one `Analyzer`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moodlens.align import align_face
+from moodlens.classify import ExpressionClassifier
+from moodlens.data import FACE_SIZE
+from moodlens.decode import MAX_BYTES, MAX_PIXELS, ImageInput, decode_image
+from moodlens.detect import Detection, FaceDetector
+from moodlens.explain import occlusion_heatmaps
+from moodlens.result import AnalysisResult, Face, FaceBox
+
+DEFAULT_UNCERTAIN_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class Expression:
+    """The expression of one already-cropped face (see `Analyzer.analyze_faces`)."""
+
+    expression: str
+    scores: dict[str, float]
+    uncertain: bool
+    heatmap: list[list[float]] | None = None
+
+
+class Analyzer:
+    """Finds the faces in an image and reads each one's expression.
+
+    Models (face detector and expression classifier) load once, here. `analyze` is thread-safe: LiteRT
+    interpreters are kept per thread, and nothing else is mutated after construction.
+
+    `classes`: "4" or "7" (the shipped model), ignored for the class names when `model_path` is given (its card
+    or output size decides). `detector`: "auto", "short" or "full" (see FaceDetector). `min_face_score`: the
+    detector's confidence threshold. `uncertain_below`: a face whose top probability is below this is marked
+    uncertain (default: the model card's "uncertain_below", else 0.5). `max_bytes`/`max_pixels`: input limits.
+    """
+
+    def __init__(
+        self,
+        classes: str | int = "4",
+        model_path: str | Path | None = None,
+        detector: str = "auto",
+        min_face_score: float = 0.5,
+        uncertain_below: float | None = None,
+        max_bytes: int = MAX_BYTES,
+        max_pixels: int = MAX_PIXELS,
+        num_threads: int = 1,
+    ):
+        self.classifier = ExpressionClassifier(model_path, classes=classes, num_threads=num_threads)
+        self.detector = FaceDetector(detector, min_score=min_face_score, num_threads=num_threads)
+        self.classes: tuple[str, ...] = tuple(self.classifier.classes)
+        self.model_card: dict = dict(self.classifier.card)
+        if uncertain_below is None:
+            uncertain_below = float(self.model_card.get("uncertain_below", DEFAULT_UNCERTAIN_BELOW))
+        self.uncertain_below = uncertain_below
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+
+    def analyze(self, data: ImageInput, explain: bool = False) -> AnalysisResult:
+        """All faces in `data` (image bytes, a file path, or an RGB uint8 array), best detector score first.
+
+        Raises the typed errors of `moodlens.decode.decode_image` for inputs that are not usable images.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        rgb = decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        t1 = time.perf_counter()
+        detections = self.detector.detect(rgb)
+        t2 = time.perf_counter()
+        crops = np.stack([align_face(rgb, d) for d in detections]) if detections else \
+            np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+        t3 = time.perf_counter()
+        probs = self.classifier.predict(crops)  # every face of the image in one batch
+        t4 = time.perf_counter()
+        timings.update(decode=_ms(t0, t1), detect=_ms(t1, t2), align=_ms(t2, t3), classify=_ms(t3, t4))
+        heatmaps: list | None = None
+        if explain:
+            heatmaps = occlusion_heatmaps(self.classifier.predict, crops, probs)
+            timings["explain"] = _ms(t4, time.perf_counter())
+        height, width = rgb.shape[:2]
+        faces = [
+            self._face(d, p, heatmaps[i] if heatmaps is not None else None, width, height)
+            for i, (d, p) in enumerate(zip(detections, probs, strict=True))
+        ]
+        timings["total"] = _ms(t0, time.perf_counter())
+        return AnalysisResult(width=width, height=height, faces=faces, timings_ms=timings, classes=self.classes)
+
+    def analyze_faces(self, faces48: np.ndarray, explain: bool = False) -> list[Expression]:
+        """Expressions of faces already aligned and cropped like the training data: (N, 48, 48) grey 0..255."""
+        faces48 = np.asarray(faces48).reshape(-1, FACE_SIZE, FACE_SIZE)
+        probs = self.classifier.predict(faces48)
+        heatmaps = occlusion_heatmaps(self.classifier.predict, faces48, probs) if explain else [None] * len(probs)
+        out = []
+        for p, heat in zip(probs, heatmaps, strict=True):
+            label, scores, uncertain = self._read(p)
+            out.append(Expression(label, scores, uncertain, heat))
+        return out
+
+    def _read(self, p: np.ndarray) -> tuple[str, dict[str, float], bool]:
+        scores = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
+        top = int(np.argmax(p))
+        return self.classes[top], scores, float(p[top]) < self.uncertain_below
+
+    def _face(self, d: Detection, p: np.ndarray, heatmap, width: int, height: int) -> Face:
+        label, scores, uncertain = self._read(p)
+        # report the part of the box inside the image; the unclipped box (faces cut by the edge) is only
+        # needed for the crop, which was taken already
+        x, y, w, h = d.box
+        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        return Face(
+            box=FaceBox(x0, y0, x1 - x0, y1 - y0),
+            score=d.score,
+            keypoints=list(d.keypoints),
+            expression=label,
+            scores=scores,
+            uncertain=uncertain,
+            heatmap=heatmap,
+        )
+
+
+def _ms(start: float, end: float) -> float:
+    return (end - start) * 1000.0

@@ -1,0 +1,264 @@
+"""`moodlens analyze PATH...`: photos and videos from the command line, JSON lines or CSV on stdout.
+
+Images are analyzed in a process pool (`--workers`, one Analyzer per process). The analyzer is built once in
+the main process before the pool forks, so a broken model fails fast with one message and workers start
+without reloading models (on platforms without fork each worker builds its own).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from moodlens.data import IMAGE_SUFFIXES
+from moodlens.detect import DETECTORS
+from moodlens.video import VIDEO_SUFFIXES
+
+CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to analyze one input."""
+
+    classes: str
+    model_path: str | None
+    detector: str
+    explain: bool
+    every: int
+    annotate: str | None
+    out: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input: its path, and the folder it was found under (to mirror sub-folders in output folders)."""
+
+    path: str
+    root: str | None = None
+    missing: bool = False
+
+
+_STATE: dict = {}  # this process's settings and Analyzer (set before the pool forks, or by the initializer)
+
+
+def default_workers() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def collect_jobs(paths: tuple[Path, ...]) -> list[Job]:
+    """Files as given (whatever their suffix), and images/videos under folders, recursively, sorted."""
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    jobs = []
+    for p in paths:
+        if p.is_dir():
+            jobs += [Job(str(f), str(p)) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes]
+        else:
+            jobs.append(Job(str(p), missing=not p.exists()))
+    return jobs
+
+
+def _init_state(settings: Settings) -> None:
+    """Set this process's settings; build its Analyzer unless one with the same model and detector exists."""
+    key = (settings.classes, settings.model_path, settings.detector)
+    if _STATE.get("key") != key:
+        from moodlens import Analyzer
+
+        _STATE.update(key=key, analyzer=Analyzer(classes=settings.classes, model_path=settings.model_path,
+                                                 detector=settings.detector))
+    _STATE["settings"] = settings
+
+
+def _init_worker(settings: Settings) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool is the parallelism; OpenCV's own threads would only contend for cores
+    _init_state(settings)
+
+
+def _mirrored(folder: str, job: Job) -> Path:
+    """`job`'s path inside `folder`, keeping its sub-folders under the input folder (so names never clash)."""
+    src = Path(job.path)
+    out = Path(folder) / (src.relative_to(job.root) if job.root else Path(src.name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def annotated_path(folder: str, job: Job) -> Path:
+    """Where the annotated copy goes: same name for JPEG/PNG, else ".jpg" appended (photo.heic.jpg)."""
+    out = _mirrored(folder, job)
+    return out if out.suffix.lower() in (".jpg", ".jpeg", ".png") else out.with_name(out.name + ".jpg")
+
+
+def timeline_paths(folder: str, job: Job) -> tuple[Path, Path]:
+    """Where a video's timeline CSV and plot go: <stem>.timeline.csv and <stem>.timeline.png."""
+    out = _mirrored(folder, job)
+    return out.with_name(out.stem + ".timeline.csv"), out.with_name(out.stem + ".timeline.png")
+
+
+def analyze_job(job: Job) -> dict:
+    """Analyze one input in this process; never raises: failures become the record's "error"."""
+    settings: Settings = _STATE["settings"]
+    if job.missing:
+        return {"path": job.path, "faces": [], "error": "FileNotFoundError: no such file"}
+    try:
+        if Path(job.path).suffix.lower() in VIDEO_SUFFIXES:
+            return _analyze_video(job, settings)
+        return _analyze_image(job, settings)
+    except Exception as exc:  # a bad file must never stop the run
+        return {"path": job.path, "faces": [], "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _analyze_image(job: Job, settings: Settings) -> dict:
+    analyzer = _STATE["analyzer"]
+    if settings.annotate:
+        from moodlens.decode import decode_image
+        from moodlens.render import draw_faces, encode_jpeg, encode_png
+
+        rgb = decode_image(job.path, analyzer.max_bytes, analyzer.max_pixels)
+        result = analyzer.analyze(rgb, explain=settings.explain)
+        drawn = draw_faces(rgb, result.faces)
+        out = annotated_path(settings.annotate, job)
+        out.write_bytes(encode_png(drawn) if out.suffix.lower() == ".png" else encode_jpeg(drawn))
+    else:
+        result = analyzer.analyze(job.path, explain=settings.explain)
+    faces = []
+    for f in result.faces:
+        d = f.to_dict()
+        face = {k: d[k] for k in ("box", "score", "expression", "scores", "uncertain")}
+        if f.heatmap is not None:
+            face["heatmap"] = f.heatmap
+        faces.append(face)
+    return {"path": job.path, "faces": faces, "error": None}
+
+
+def _analyze_video(job: Job, settings: Settings) -> dict:
+    from moodlens.video import analyze_video, plot_timeline, write_timeline_csv
+
+    timeline = analyze_video(_STATE["analyzer"], job.path, every=settings.every)
+    folder = settings.out or settings.annotate or str(Path(job.path).parent)
+    csv_path, png_path = timeline_paths(folder, job)
+    write_timeline_csv(timeline, csv_path)
+    plot_timeline(timeline, png_path, title=Path(job.path).name)
+    return {"path": job.path, "video": True, "frames": timeline.frames_read, "frames_analyzed":
+            timeline.frames_analyzed, "timeline_csv": str(csv_path), "timeline_png": str(png_path), "error": None}
+
+
+def run_jobs(jobs: list[Job], settings: Settings, workers: int) -> Iterator[dict]:
+    """Records for `jobs`, in order, from this process or from a pool of `workers` processes."""
+    _init_state(settings)  # also validates the model before any work starts
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        yield from map(analyze_job, jobs)
+        return
+    # fork: children inherit the loaded analyzer (copy-on-write) instead of loading models again
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    chunk = max(1, min(16, len(jobs) // (workers * 8)))
+    done = 0
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,)) as pool:
+            for record in pool.map(analyze_job, jobs, chunksize=chunk):
+                done += 1
+                yield record
+    except BrokenProcessPool:
+        # a worker died (killed, out of memory, a native crash): which file did it is unknown, so every file not
+        # yet answered gets an error line rather than a silent gap or a retry that could crash this process
+        for j in jobs[done:]:
+            yield {"path": j.path, "faces": [], "error": "BrokenProcessPool: a worker process died; not analyzed"}
+
+
+def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
+    """CSV rows of one image record: one per face, or one face-less row (no face, or the error)."""
+    probs = [f"p_{c}" for c in classes]
+    if not record["faces"]:
+        return [[record["path"], *[""] * (len(CSV_FACE_COLUMNS) + len(probs)), record["error"] or ""]]
+    return [[record["path"], i, *f["box"], f["score"], f["expression"], *(f["scores"].get(c, "") for c in classes),
+             ""] for i, f in enumerate(record["faces"])]
+
+
+@click.command("analyze")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "fmt", flag_value="json", default=True, help="One JSON object per image (default).")
+@click.option("--csv", "fmt", flag_value="csv", help="One CSV row per face instead.")
+@click.option("--annotate", type=click.Path(file_okay=False), help="Write annotated copies of the images here.")
+@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True, help="Class set.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
+              help="A .tflite expression model instead of the shipped one.")
+@click.option("--detector", type=click.Choice(DETECTORS), default="auto", show_default=True,
+              help="Face detector: short range, full range, or auto (both as needed).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Videos: analyze every Nth frame.")
+@click.option("--explain", is_flag=True, help="Add an occlusion heatmap per face (slower).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for video timelines (default: --annotate, else beside each video).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes, one analyzer each [default: CPU cores].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+@click.pass_context
+def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annotate: str | None, classes: str,
+                    model_path: str | None, detector: str, every: int, explain: bool, out: str | None,
+                    workers: int | None, quiet: bool) -> None:
+    """Find faces and read their expressions in photos and videos (files or folders, recursively).
+
+    Photos: one JSON line per image on stdout, {"path", "faces": [{"box": [x, y, w, h], "score", "expression",
+    "scores", "uncertain"}], "error"}, or with --csv one row per face. A file that cannot be read gets an error
+    and the run goes on; the exit status is 1 when any input failed. Videos (mp4, avi, mov, mkv, webm): a
+    per-frame timeline CSV and a PNG plot of the scores over time.
+    """
+    from moodlens.errors import MoodlensError
+
+    jobs = collect_jobs(paths)
+    if not jobs:
+        raise click.UsageError("no images or videos found in the given paths")
+    settings = Settings(classes, model_path, detector, explain, every, annotate, out)
+    try:
+        _init_state(settings)
+    except MoodlensError as exc:
+        raise click.ClickException(str(exc)) from exc
+    analyzer_classes = tuple(_STATE["analyzer"].classes)
+    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow(["path", *CSV_FACE_COLUMNS, *(f"p_{c}" for c in analyzer_classes), "error"])
+
+    from tqdm import tqdm
+
+    records = run_jobs(jobs, settings, workers or default_workers())
+    n_faces = n_errors = n_videos = 0
+    notes = []
+    with tqdm(total=len(jobs), unit="file", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
+        for record in records:
+            n_errors += record["error"] is not None
+            if record.get("video"):
+                n_videos += 1
+                notes.append(f"{record['path']}: {record['frames_analyzed']} of {record['frames']} frames -> "
+                             f"{record['timeline_csv']}, {record['timeline_png']}")
+            else:
+                n_faces += len(record["faces"])
+            if writer:
+                if not record.get("video"):
+                    writer.writerows(csv_rows(record, analyzer_classes))
+            else:
+                click.echo(json.dumps(record))
+            sys.stdout.flush()
+            bar.update(1)
+    for note in notes:
+        click.echo(note, err=True)
+    if not quiet:
+        click.echo(f"{len(jobs) - n_videos} images ({n_faces} faces), {n_videos} videos, {n_errors} errors",
+                   err=True)
+    ctx.exit(1 if n_errors else 0)

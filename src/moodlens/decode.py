@@ -1,0 +1,171 @@
+"""decode stage: bytes, a file path or an array -> RGB uint8 (H, W, 3), upright, with every failure typed.
+
+Formats: JPEG, PNG, WebP, BMP, GIF (first frame), HEIC/HEIF (pillow-heif). Limits are checked as early as
+possible: the byte count before anything is parsed, the pixel count from the header before pixels are decoded.
+Nothing is ever written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from moodlens.errors import ImageTooLargeError, ImageTooSmallError, NotAnImageError, TruncatedImageError
+
+try:  # HEIC/HEIF (iPhone photos); without pillow-heif those files are reported as not an image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a hard dependency, this only keeps decode importable
+    pass
+
+# Pillow frees every image's pixel block back to the OS by default, so each decode page-faults its memory in
+# again (~700 faults, 40% of a 640x480 JPEG's decode time). Keeping up to two freed blocks (at most 2 x 16 MB)
+# for reuse removes that. Pillow's documented knob; an explicit PILLOW_BLOCKS_MAX setting wins.
+if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < 2:
+    Image.core.set_blocks_max(2)
+
+MAX_BYTES = 20 * 2**20
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 16  # smaller than this cannot hold a face the detector can find
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF")  # only these parsers ever see untrusted bytes
+
+ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray
+
+
+def decode_image(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode `data` to an upright RGB uint8 array (H, W, 3).
+
+    `data` is encoded image bytes, a path to an image file, or an array (H, W), (H, W, 1|3|4) of uint8/uint16
+    (arrays are taken as RGB(A), not OpenCV's BGR). Raises NotAnImageError, TruncatedImageError,
+    ImageTooLargeError (over `max_bytes` or `max_pixels`) or ImageTooSmallError (a side under 16 pixels);
+    a path that does not exist raises FileNotFoundError.
+    """
+    if isinstance(data, np.ndarray):
+        return _from_array(data, max_pixels)
+    if isinstance(data, str | Path):
+        data = _read_file(Path(data), max_bytes)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise NotAnImageError(f"cannot decode a {type(data).__name__}: pass bytes, a file path or an RGB array")
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"the file has {len(data):,} bytes, over the limit of {max_bytes:,}")
+    if len(data) == 0:
+        raise NotAnImageError("the file is empty")
+    return _from_bytes(bytes(data), max_pixels)
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    size = os.stat(path).st_size  # FileNotFoundError for a missing file: not an image problem
+    if size > max_bytes:  # refuse before reading a huge file into memory
+        raise ImageTooLargeError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,}")
+    if path.is_dir():
+        raise NotAnImageError(f"{path}: is a folder, not an image file")
+    return path.read_bytes()
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"the image is {width}x{height} = {width * height:,} pixels, "
+                                 f"over the limit of {max_pixels:,}")
+    if min(width, height) < MIN_SIDE:
+        raise ImageTooSmallError(f"the image is {width}x{height} pixels; it must be at least "
+                                 f"{MIN_SIDE}x{MIN_SIDE} to hold a face")
+
+
+def _from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+    # Image.open reads only the header; PIL's own (process-wide) bomb guard stays as a backstop, and our
+    # per-call limit is checked on the declared size before any pixel is decoded. We leave the global
+    # Image.MAX_IMAGE_PIXELS alone: other code in the process (training, other analyzers) shares it.
+    try:
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
+    except (UnidentifiedImageError, ValueError, TypeError) as exc:
+        raise NotAnImageError("the data is not an image in a supported format "
+                              "(JPEG, PNG, WebP, BMP, GIF, HEIC)") from exc
+    except (OSError, SyntaxError, EOFError) as exc:  # a known format whose header is broken
+        raise TruncatedImageError(f"the image header is corrupt ({exc})") from exc
+    with im:
+        _check_size(im.width, im.height, max_pixels)
+        try:
+            im.seek(0)  # first frame of an animation
+            im.load()
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
+        except (OSError, SyntaxError, EOFError, ValueError, IndexError) as exc:
+            raise TruncatedImageError(f"the image data is truncated or corrupt ({exc})") from exc
+        im = _upright(im)
+        _check_size(im.width, im.height, max_pixels)
+        return _to_rgb(im)
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phones store pixels sideways and say so in a tag)."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF must not lose the picture
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        try:
+            return ImageOps.exif_transpose(im)
+        except Exception:  # same: a broken tag means we keep the stored orientation
+            return im
+    return im
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> RGB uint8; transparency is composited on white (what a viewer shows)."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grey: scale to 8 bits (PIL's convert("L") would clip everything over 255 to white)
+        return _from_array(np.asarray(im), max_pixels=None)
+    if mode == "F":
+        return _from_array(np.asarray(im), max_pixels=None)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, im).convert("RGB"), dtype=np.uint8).copy()
+    # L, 1, CMYK, YCbCr, LAB, HSV, ...: PIL knows the conversion (CMYK JPEGs from Photoshop included)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _from_array(arr: np.ndarray, max_pixels: int | None) -> np.ndarray:
+    """An array image -> RGB uint8 (grey is repeated, alpha composited on white, 16-bit scaled)."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise NotAnImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), not {arr.shape}")
+    if max_pixels is not None:
+        _check_size(arr.shape[1], arr.shape[0], max_pixels)
+    arr = _to_uint8(arr)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.shape[2] == 4:
+        alpha = arr[:, :, 3:4].astype(np.float32) / 255.0
+        rgb = arr[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        # 16-bit data (uint16, or PIL's int32 "I" mode holding 16-bit values): keep the top 8 bits
+        top = 65535.0 if arr.max(initial=0) > 255 or arr.dtype.itemsize == 2 else 255.0
+        return np.clip(arr.astype(np.float32) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        scale = 255.0 if float(np.nanmax(arr, initial=0)) <= 1.0 else 1.0  # 0..1 floats, else 0..255
+        return np.clip(np.nan_to_num(arr.astype(np.float32)) * scale + 0.5, 0, 255).astype(np.uint8)
+    raise NotAnImageError(f"cannot use an image array of dtype {arr.dtype}")

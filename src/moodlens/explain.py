@@ -1,0 +1,61 @@
+"""explain: occlusion-sensitivity heatmaps — which parts of a face the expression model's answer rests on.
+
+A grey patch slides over the 48x48 crop; each occluded copy is classified (all copies of all faces in one
+batch) and a region's heat is how much hiding it lowers the probability of the predicted class. With the
+default 12x12 patch and stride 6 the patch centres form a 7x7 grid spanning pixels 3..45 of the crop, which
+is the detector's face box (the crop adds a 20% margin, align.CROP_SCALE), upright.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from moodlens.data import FACE_SIZE
+
+PATCH = 12
+STRIDE = 6
+FILL = 128  # mid grey: carries no edge or expression of its own
+
+
+def occlusion_batch(faces: np.ndarray, patch: int = PATCH, stride: int = STRIDE, fill: int = FILL) -> np.ndarray:
+    """Every occluded copy of every face: (N * G * G, 48, 48) float32, face-major, row-major grid of G x G."""
+    faces = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE)
+    starts = range(0, FACE_SIZE - patch + 1, stride)
+    g = len(starts)
+    out = np.repeat(faces[:, None], g * g, axis=1)  # (N, G*G, 48, 48)
+    for i, y in enumerate(starts):
+        for j, x in enumerate(starts):
+            out[:, i * g + j, y:y + patch, x:x + patch] = fill
+    return out.reshape(-1, FACE_SIZE, FACE_SIZE)
+
+
+def occlusion_heatmaps(
+    predict: Callable[[np.ndarray], np.ndarray],
+    faces: np.ndarray,
+    probs: np.ndarray | None = None,
+    patch: int = PATCH,
+    stride: int = STRIDE,
+    fill: int = FILL,
+) -> list[list[list[float]]]:
+    """One G x G heatmap (G = 7 by default) per face, values 0..1, top row first.
+
+    `predict` maps (M, 48, 48) faces to (M, C) probabilities (e.g. ExpressionClassifier.predict); `probs` are
+    the faces' unoccluded probabilities when already known. Heat = drop of the predicted class's probability
+    when that region is hidden, divided by the face's largest drop (all zeros if no region lowers it).
+    """
+    faces = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE)
+    n = len(faces)
+    if n == 0:
+        return []
+    if probs is None:
+        probs = predict(faces)
+    g = len(range(0, FACE_SIZE - patch + 1, stride))
+    occluded = predict(occlusion_batch(faces, patch, stride, fill)).reshape(n, g * g, -1)
+    top = np.argmax(probs, axis=1)
+    base = probs[np.arange(n), top]
+    drop = np.clip(base[:, None] - occluded[np.arange(n), :, top], 0.0, None)  # (N, G*G)
+    peak = drop.max(axis=1, keepdims=True)
+    heat = np.divide(drop, peak, out=np.zeros_like(drop), where=peak > 1e-6)
+    return [np.round(h.reshape(g, g).astype(np.float64), 3).tolist() for h in heat]

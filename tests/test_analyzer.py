@@ -1,0 +1,180 @@
+"""Analyzer end to end on real photos: result schema, inputs, EXIF, groups, explain, model cards, threads,
+rendering and face crops for folders. The expression model may be a placeholder: no test expects a particular
+expression, only well-formed, consistent probabilities."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ASTRONAUT_FACE, encode
+from moodlens import AnalysisResult, Analyzer
+from moodlens.classify import shipped_model_path
+from moodlens.detect import iou
+from moodlens.errors import ModelError, NotAnImageError, TruncatedImageError
+from moodlens.faces import face_crops_from_file
+from moodlens.render import draw_faces, encode_jpeg, encode_png, label_text
+
+pytest.importorskip("skimage")
+
+STAGES = {"decode", "detect", "align", "classify", "total"}
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer()
+
+
+def assert_well_formed(result: AnalysisResult, analyzer: Analyzer) -> None:
+    assert result.classes == analyzer.classes
+    assert STAGES <= set(result.timings_ms) and all(v >= 0 for v in result.timings_ms.values())
+    for face in result.faces:
+        assert list(face.scores) == list(analyzer.classes)
+        assert sum(face.scores.values()) == pytest.approx(1, abs=1e-3)
+        assert all(0 <= p <= 1 for p in face.scores.values())
+        assert face.expression == max(face.scores, key=face.scores.get)
+        assert face.uncertain == (face.scores[face.expression] < analyzer.uncertain_below)
+        assert len(face.keypoints) == 6 and 0 < face.score <= 1
+        b = face.box
+        assert 0 <= b.x and 0 <= b.y and b.x + b.w <= result.width + 1e-6 and b.y + b.h <= result.height + 1e-6
+    json.dumps(result.to_dict())  # plain JSON types only
+
+
+def test_astronaut(analyzer, astronaut_jpeg_bytes):
+    result = analyzer.analyze(astronaut_jpeg_bytes)
+    assert (result.width, result.height) == (512, 512) and len(result.faces) == 1
+    assert_well_formed(result, analyzer)
+    box = result.faces[0].box
+    assert iou(np.array([[box.x, box.y, box.w, box.h]]), np.array([ASTRONAUT_FACE], float))[0, 0] > 0.6
+    assert result.faces[0].heatmap is None and "heatmap" not in result.to_dict()["faces"][0]
+    assert analyzer.classes == ("angry", "happy", "neutral", "sad") and isinstance(analyzer.model_card, dict)
+
+
+def test_no_face(analyzer, coffee_jpeg_bytes):
+    result = analyzer.analyze(coffee_jpeg_bytes)
+    assert result.faces == [] and (result.width, result.height) == (600, 400)
+    assert_well_formed(result, analyzer)
+
+
+def test_bytes_path_and_array_agree(analyzer, tmp_path, astronaut_rgb):
+    png = encode(astronaut_rgb, "PNG")
+    (tmp_path / "a.png").write_bytes(png)
+    results = [analyzer.analyze(x) for x in (png, tmp_path / "a.png", str(tmp_path / "a.png"), astronaut_rgb)]
+    assert all(r.to_dict()["faces"] == results[0].to_dict()["faces"] for r in results)
+
+
+def test_group_photo_in_one_call(analyzer, group_photo):
+    result = analyzer.analyze(group_photo.rgb)
+    assert len(result.faces) == 4
+    assert_well_formed(result, analyzer)
+
+
+def test_exif_rotated_jpeg(analyzer, astronaut_rgb):
+    sideways = Image.fromarray(astronaut_rgb[:, 40:472]).transpose(Image.Transpose.ROTATE_90)  # stored on its side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    sideways.save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    result = analyzer.analyze(buf.getvalue())
+    assert (result.width, result.height) == (432, 512) and len(result.faces) == 1
+    box = result.faces[0].box
+    ref = np.array([[ASTRONAUT_FACE[0] - 40, *ASTRONAUT_FACE[1:]]], float)
+    assert iou(np.array([[box.x, box.y, box.w, box.h]]), ref)[0, 0] > 0.6
+
+
+def test_explain(analyzer, group_photo):
+    result = analyzer.analyze(group_photo.rgb, explain=True)
+    assert "explain" in result.timings_ms
+    for face in result.faces:
+        grid = np.asarray(face.heatmap)
+        assert grid.shape == (7, 7) and grid.min() >= 0 and grid.max() <= 1
+        assert grid.max() == 1 or grid.max() == 0  # normalised by the largest drop
+    assert result.to_dict()["faces"][0]["heatmap"] == result.faces[0].heatmap
+
+
+def test_analyze_faces_matches_analyze(analyzer, astronaut_rgb):
+    result = analyzer.analyze(astronaut_rgb)
+    crops = aligned_crops(astronaut_rgb)
+    (expr,) = analyzer.analyze_faces(crops)
+    assert expr.expression == result.faces[0].expression
+    assert expr.scores == pytest.approx(result.faces[0].scores, abs=1e-5)
+    (with_heat,) = analyzer.analyze_faces(crops, explain=True)
+    assert np.asarray(with_heat.heatmap).shape == (7, 7)
+    assert analyzer.analyze_faces(np.zeros((0, 48, 48), np.uint8)) == []
+
+
+def aligned_crops(rgb: np.ndarray) -> np.ndarray:
+    from moodlens.align import align_face
+    from moodlens.detect import FaceDetector
+
+    return np.stack([align_face(rgb, d) for d in FaceDetector().detect(rgb)])
+
+
+def test_seven_classes(astronaut_rgb):
+    seven = Analyzer(classes=7)
+    result = seven.analyze(astronaut_rgb)
+    assert len(seven.classes) == 7 and len(result.faces[0].scores) == 7
+    assert_well_formed(result, seven)
+
+
+def test_uncertain_threshold(astronaut_rgb):
+    assert all(f.uncertain for f in Analyzer(uncertain_below=1.01).analyze(astronaut_rgb).faces)
+    assert not any(f.uncertain for f in Analyzer(uncertain_below=0.0).analyze(astronaut_rgb).faces)
+
+
+def test_model_card_beside_the_model(tmp_path, astronaut_rgb):
+    model = tmp_path / "mine.tflite"
+    shutil.copy(shipped_model_path("4"), model)
+    card = {"classes": ["a", "b", "c", "d"], "uncertain_below": 0.9, "temperature": 1.3}
+    model.with_suffix(".json").write_text(json.dumps(card))
+    mine = Analyzer(model_path=model)
+    assert mine.classes == ("a", "b", "c", "d") and mine.uncertain_below == 0.9 and mine.model_card == card
+    assert list(mine.analyze(astronaut_rgb).faces[0].scores) == ["a", "b", "c", "d"]
+    with pytest.raises(ModelError):
+        Analyzer(model_path=tmp_path / "missing.tflite")
+
+
+def test_bad_input_raises_typed_errors(analyzer, astronaut_jpeg_bytes):
+    with pytest.raises(TruncatedImageError):
+        analyzer.analyze(astronaut_jpeg_bytes[:3000])
+    with pytest.raises(NotAnImageError):
+        analyzer.analyze(b"not an image at all")
+
+
+def test_threads(analyzer, astronaut_rgb, group_photo, coffee_rgb):
+    images = [astronaut_rgb, group_photo.rgb, coffee_rgb] * 4
+    serial = [analyzer.analyze(im).to_dict()["faces"] for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda im: analyzer.analyze(im).to_dict()["faces"], images))
+    assert parallel == serial
+
+
+def test_render(analyzer, group_photo):
+    result = analyzer.analyze(group_photo.rgb, explain=True)
+    before = group_photo.rgb.copy()
+    drawn = draw_faces(group_photo.rgb, result.faces)
+    assert drawn.shape == before.shape and drawn.dtype == np.uint8
+    assert not np.array_equal(drawn, before) and np.array_equal(group_photo.rgb, before)  # drawn on a copy
+    f = result.faces[0]
+    assert label_text(f).startswith(f"{f.expression} ") and "%" in label_text(f)
+    assert Image.open(io.BytesIO(encode_jpeg(drawn))).size == (640, 480)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(drawn)))), drawn)
+
+
+def test_face_crops_from_file(tmp_path, astronaut_jpeg_bytes, caplog):
+    (tmp_path / "a.jpg").write_bytes(astronaut_jpeg_bytes)
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    crops = face_crops_from_file(tmp_path / "a.jpg")
+    assert len(crops) == 1 and crops[0].shape == (48, 48) and crops[0].dtype == np.uint8
+    whole = face_crops_from_file(tmp_path / "a.jpg", detect_faces=False)
+    assert len(whole) == 1 and whole[0].shape == (48, 48)
+    with caplog.at_level(logging.WARNING, logger="moodlens.faces"):
+        assert face_crops_from_file(tmp_path / "bad.jpg") == []
+    assert "bad.jpg" in caplog.text

@@ -1,0 +1,155 @@
+"""`moodlens analyze` through click's CliRunner and as a real subprocess: JSON lines, CSV, errors that do not
+stop the run, annotated copies, videos (timeline CSV + plot), the process pool."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import encode
+from moodlens.cli import main
+
+pytest.importorskip("skimage")
+
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, astronaut_rgb, coffee_jpeg_bytes, group_photo) -> Path:
+    """face.jpg, nested/group.png, nested/cup.jpg (no face), broken.jpg (truncated), notes.txt (ignored)."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "nested").mkdir()
+    face = encode(astronaut_rgb)
+    (root / "face.jpg").write_bytes(face)
+    (root / "nested" / "group.png").write_bytes(encode(group_photo.rgb, "PNG"))
+    (root / "nested" / "cup.jpg").write_bytes(coffee_jpeg_bytes)
+    (root / "broken.jpg").write_bytes(face[:2000])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["analyze", "--workers", "1", *args], catch_exceptions=False)
+
+
+def json_lines(text: str) -> dict[str, dict]:
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {Path(r["path"]).name: r for r in records}
+
+
+def test_folder_as_json_lines(photos):
+    result = run(str(photos))
+    assert result.exit_code == 1  # broken.jpg failed, the rest went on
+    records = json_lines(result.stdout)
+    assert sorted(records) == ["broken.jpg", "cup.jpg", "face.jpg", "group.png"]
+    for r in records.values():
+        assert set(r) == {"path", "faces", "error"}
+    assert records["broken.jpg"]["error"].startswith("TruncatedImageError") and records["broken.jpg"]["faces"] == []
+    assert records["cup.jpg"] == {"path": str(photos / "nested" / "cup.jpg"), "faces": [], "error": None}
+    assert len(records["group.png"]["faces"]) == 4
+    (face,) = records["face.jpg"]["faces"]
+    assert set(face) == {"box", "score", "expression", "scores", "uncertain"}
+    assert len(face["box"]) == 4 and list(face["scores"]) == CLASSES
+    assert sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)
+    assert "images (5 faces)" in result.stderr and "1 errors" in result.stderr
+
+
+def test_all_good_exits_zero_and_explain(photos):
+    result = run(str(photos / "face.jpg"), "--explain", "--classes", "7", "-q")
+    assert result.exit_code == 0 and result.stderr == ""
+    (face,) = json_lines(result.stdout)["face.jpg"]["faces"]
+    assert len(face["scores"]) == 7 and np.asarray(face["heatmap"]).shape == (7, 7)
+
+
+def test_missing_file_is_an_error_line(photos, tmp_path):
+    result = run(str(tmp_path / "nope.jpg"), str(photos / "face.jpg"), "-q")
+    assert result.exit_code == 1
+    records = json_lines(result.stdout)
+    assert records["nope.jpg"]["error"].startswith("FileNotFoundError") and records["face.jpg"]["error"] is None
+
+
+def test_csv(photos):
+    result = run(str(photos), "--csv", "-q")
+    assert result.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["path", "face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression",
+                             *(f"p_{c}" for c in CLASSES), "error"]
+    by_name: dict[str, list[dict]] = {}
+    for row in rows:
+        by_name.setdefault(Path(row["path"]).name, []).append(row)
+    assert [r["face_index"] for r in by_name["group.png"]] == ["0", "1", "2", "3"]
+    assert by_name["cup.jpg"][0]["face_index"] == "" and by_name["cup.jpg"][0]["error"] == ""
+    assert by_name["broken.jpg"][0]["error"].startswith("TruncatedImageError")
+    face = by_name["face.jpg"][0]
+    assert sum(float(face[f"p_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-3)
+
+
+def test_annotate(photos, tmp_path):
+    out = tmp_path / "drawn"
+    result = run(str(photos), "--annotate", str(out), "-q")
+    assert result.exit_code == 1
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["face.jpg", "nested/cup.jpg", "nested/group.png"]
+    drawn = cv2.imread(str(out / "nested" / "group.png"))
+    assert drawn.shape == (480, 640, 3)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, astronaut_rgb) -> Path:
+    """A 1.2 s, 10 fps mp4 of the astronaut sliding sideways."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    frame = cv2.cvtColor(cv2.resize(astronaut_rgb, (256, 256)), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 256))
+    assert writer.isOpened()
+    for i in range(12):
+        writer.write(np.roll(frame, i * 3, axis=1))
+    writer.release()
+    return path
+
+
+def test_video_timeline_and_plot(video, tmp_path):
+    result = run(str(video), "--every", "3", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["frames"] == 12 and record["frames_analyzed"] == 4 and record["error"] is None
+    timeline, plot = tmp_path / "clip.timeline.csv", tmp_path / "clip.timeline.png"
+    assert record["timeline_csv"] == str(timeline) and str(plot) in result.stderr
+    rows = list(csv.DictReader(timeline.open()))
+    assert list(rows[0]) == ["frame", "time_s", "face_index", "expression", *(f"p_{c}" for c in CLASSES)]
+    assert [r["frame"] for r in rows] == ["0", "3", "6", "9"]
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0, 0.3, 0.6, 0.9])
+    assert all(r["face_index"] == "0" and r["expression"] in CLASSES for r in rows)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broken_video(tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 1000)
+    result = run(str(tmp_path / "bad.mp4"), "-q")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]
+
+
+def test_subprocess_with_a_process_pool(photos):
+    proc = subprocess.run(
+        [sys.executable, "-m", "moodlens", "analyze", str(photos), "--workers", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in records] == ["broken.jpg", "face.jpg", "cup.jpg", "group.png"]  # input order
+    assert sum(len(r["faces"]) for r in records) == 5
+    assert json_lines(proc.stdout) == json_lines(run(str(photos), "-q").stdout)  # same answers as in-process
+
+
+def test_no_inputs(tmp_path):
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path)])
+    assert result.exit_code == 2 and "no images" in result.output

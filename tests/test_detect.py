@@ -1,0 +1,125 @@
+"""BlazeFace detection on real photos: the astronaut's face, none in the coffee cup, composed groups, rotation,
+non-square pictures (letterbox mapping), anchors and NMS, threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ASTRONAUT_FACE, compose_faces
+from moodlens.detect import Detection, FaceDetector, iou, ssd_anchors, weighted_nms
+
+pytest.importorskip("skimage")
+
+
+@pytest.fixture(scope="module")
+def detectors() -> dict[str, FaceDetector]:
+    return {name: FaceDetector(name) for name in ("auto", "short", "full")}
+
+
+def assert_is_astronaut(d: Detection, dx: float = 0, dy: float = 0) -> None:
+    ref = np.array([[ASTRONAUT_FACE[0] + dx, ASTRONAUT_FACE[1] + dy, *ASTRONAUT_FACE[2:]]], np.float64)
+    assert iou(np.array([d.box]), ref)[0, 0] > 0.6, d.box
+    (rx, ry), (lx, ly) = d.keypoints[:2]
+    x, y, w, h = d.box
+    assert x < rx < lx < x + w and y < ry < y + h / 2 and y < ly < y + h / 2  # eyes: upper half, right eye left
+    assert 0.5 < d.score <= 1
+
+
+@pytest.mark.parametrize("model", ["auto", "short", "full"])
+def test_astronaut_one_face(detectors, astronaut_rgb, model):
+    found = detectors[model].detect(astronaut_rgb)
+    assert len(found) == 1
+    assert_is_astronaut(found[0])
+    assert len(found[0].keypoints) == 6
+
+
+@pytest.mark.parametrize("model", ["auto", "short", "full"])
+def test_coffee_no_face(detectors, coffee_rgb, model):
+    assert detectors[model].detect(coffee_rgb) == []
+
+
+def test_group_every_face(detectors, group_photo):
+    found = detectors["auto"].detect(group_photo.rgb)
+    assert len(found) == len(group_photo.centres)
+    centres = np.array([[d.box[0] + d.box[2] / 2, d.box[1] + d.box[3] / 2] for d in found])
+    for cx, cy in group_photo.centres:  # each pasted face is matched by one box centred on it
+        assert np.min(np.hypot(centres[:, 0] - cx, centres[:, 1] - cy)) < 15
+    assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
+
+
+def test_small_faces_need_full_range(detectors):
+    # faces of ~10% of the picture width: too small for the short-range model; "auto" falls back to full range
+    photo = compose_faces([200] * 6, width=960, height=640, cols=3)
+    assert len(detectors["short"].detect(photo.rgb)) < 6
+    assert len(detectors["auto"].detect(photo.rgb)) == 6
+
+
+@pytest.mark.parametrize(("pad", "shape"), [((300, 0), (512, 1100)), ((0, 250), (900, 512)), ((40, 20), (600, 560))])
+def test_boxes_map_back_through_letterbox(detectors, astronaut_rgb, pad, shape):
+    canvas = np.full((*shape, 3), 128, np.uint8)
+    canvas[pad[1]:pad[1] + 512, pad[0]:pad[0] + 512] = astronaut_rgb
+    found = detectors["full"].detect(canvas)
+    assert len(found) == 1
+    assert_is_astronaut(found[0], *pad)
+
+
+@pytest.mark.parametrize("angle", [20, -20])
+def test_rotated_face_is_found_with_its_eye_line(detectors, astronaut_rgb, angle):
+    upright = detectors["auto"].detect(astronaut_rgb)[0]
+    m = cv2.getRotationMatrix2D((256, 256), angle, 1.0)
+    rotated = cv2.warpAffine(astronaut_rgb, m, (512, 512), borderMode=cv2.BORDER_CONSTANT, borderValue=(128,) * 3)
+    found = detectors["auto"].detect(rotated)
+    assert len(found) == 1
+    (rx, ry), (lx, ly) = found[0].keypoints[:2]
+    (urx, ury), (ulx, uly) = upright.keypoints[:2]
+    tilt = np.degrees(np.arctan2(ly - ry, lx - rx)) - np.degrees(np.arctan2(uly - ury, ulx - urx))
+    assert abs(tilt + angle) < 8  # the image turned counter-clockwise by `angle`, so did the eye line (BlazeFace
+    # keypoints are coarse: at 30 degrees of total tilt they read ~6 degrees short)
+    centre = m @ np.array([ASTRONAUT_FACE[0] + 47, ASTRONAUT_FACE[1] + 47, 1])
+    assert np.hypot(found[0].box[0] + found[0].box[2] / 2 - centre[0],
+                    found[0].box[1] + found[0].box[3] / 2 - centre[1]) < 15
+
+
+def test_anchor_layouts():
+    short = ssd_anchors(128, (8, 16, 16, 16), 2)
+    full = ssd_anchors(192, (4,), 1)
+    assert short.shape == (896, 2) and full.shape == (2304, 2)
+    assert np.allclose(short[0], [0.5 / 16, 0.5 / 16]) and np.allclose(short[1], short[0])  # 2 per cell
+    assert np.allclose(short[512], [0.5 / 8, 0.5 / 8]) and np.allclose(short[517], short[512])  # 6 per cell
+    assert np.allclose(short[-1], [7.5 / 8, 7.5 / 8]) and np.allclose(full[-1], [47.5 / 48, 47.5 / 48])
+    assert np.allclose(full[1], [1.5 / 48, 0.5 / 48])  # row by row
+
+
+def test_weighted_nms_averages_a_cluster():
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 10, 10], [50, 50, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.9, 0.6], np.float32)
+    kps = np.zeros((3, 6, 2), np.float32)
+    kps[1] += 2
+    out = weighted_nms(boxes, scores, kps, 0.3)
+    assert len(out) == 2
+    assert out[0].box == pytest.approx((1, 0, 10, 10)) and out[0].keypoints[0] == pytest.approx((1, 1))
+    assert out[1].box == pytest.approx((50, 50, 10, 10)) and out[1].score == pytest.approx(0.6)
+    assert weighted_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2)), 0.3) == []
+
+
+def test_iou():
+    a = np.array([[0, 0, 10, 10]], float)
+    assert iou(a, np.array([[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5]], float))[0] == pytest.approx(
+        [1, 50 / 150, 0])
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="detector"):
+        FaceDetector("medium")
+
+
+def test_threads_get_the_same_answers(detectors, astronaut_rgb, group_photo):
+    images = [astronaut_rgb, group_photo.rgb] * 6
+    serial = [detectors["auto"].detect(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(detectors["auto"].detect, images))
+    assert parallel == serial
