@@ -68,3 +68,10 @@ def test_export_round_trip_matches_keras(tmp_path, quantize, tolerance):
         assert got.shape == (20, len(target))
         assert float(np.abs(got - ref).max()) < tolerance
         assert np.allclose(got.sum(1), 1, atol=1e-5)
+
+
+def test_resume_can_change_the_run_length(tmp_path):
+    run = train(small_config(tmp_path, "run", epochs=3), verbose=0, stop_after=1)
+    train(TrainConfig(run_dir=str(run)), resume=True, verbose=0, epochs=2)
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 2
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2

@@ -110,6 +110,17 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
     return ds.prefetch(tf.data.AUTOTUNE), steps
 
 
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up to cfg.lr, then cosine decay to 1% of it at the last step of the last epoch."""
+    import keras
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.lr / 10, decay_steps=max(total - warmup, 1), alpha=0.01,
+        warmup_target=cfg.lr, warmup_steps=warmup)
+
+
 def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
     import keras
 
@@ -117,13 +128,8 @@ def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_classifier(n_classes, width=cfg.width)
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(cfg.warmup_epochs * steps_per_epoch, total // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.lr / 10, decay_steps=max(total - warmup, 1), alpha=0.01,
-        warmup_target=cfg.lr, warmup_steps=warmup)
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        optimizer=keras.optimizers.AdamW(lr_schedule(cfg, steps_per_epoch), weight_decay=cfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -212,10 +218,13 @@ def write_history_row(path: Path, epoch: int, logs: dict) -> None:
         writer.writerow(row)
 
 
-def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: int | None = None) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: int | None = None,
+          epochs: int | None = None) -> Path:
     """Train (or resume) the run in cfg.run_dir; returns the run folder.
 
     `stop_after` ends this call after that many epochs (the run stays resumable), for time-boxed sessions.
+    `epochs` on resume lengthens or shortens the run: the learning-rate schedule is rebuilt for the new length
+    (the resumed run is then no longer identical to an uninterrupted one).
     """
     import keras
     import tensorflow as tf
@@ -224,6 +233,9 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     if resume:
         saved = TrainConfig(**json.loads((run / "config.json").read_text()))
         cfg = saved
+        if epochs is not None and epochs != cfg.epochs:
+            cfg.epochs = epochs
+            (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         state = json.loads((run / "state.json").read_text())
         start, best = state["epochs_done"], state["best"]
     else:
@@ -239,6 +251,8 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     stream, steps = make_train_stream(train_set, cfg, start)
     if start > 0:
         model = keras.models.load_model(run / "last.keras")
+        if epochs is not None:
+            model.optimizer.learning_rate = lr_schedule(cfg, steps)
         # history rows after the checkpoint (an epoch that crashed mid-write) are dropped
         trim_history(run / "history.csv", start)
     else:

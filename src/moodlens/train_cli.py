@@ -21,7 +21,7 @@ from moodlens.data import TARGETS
 @click.option("--classes", type=click.Choice(["4", "7"]), default="7", show_default=True)
 @click.option("--targets", type=click.Choice(TARGETS), default="mixed", show_default=True,
               help="FER2013 labels, FER+ majority, FER+ vote distribution, or a 50/50 mix of FER2013 and FER+.")
-@click.option("--epochs", type=int, default=36, show_default=True)
+@click.option("--epochs", type=int, help="Epochs in the run [default: 36]; with --resume, a new length.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
@@ -39,11 +39,11 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
     if not resume and not (fer2013 or shards):
         raise click.UsageError("give --fer2013 (and optionally --ferplus) or --shards")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
-                      targets=targets, epochs=epochs, batch_size=batch_size, lr=lr,
+                      targets=targets, epochs=epochs or 36, batch_size=batch_size, lr=lr,
                       label_smoothing=label_smoothing, class_weight=class_weight, width=width, seed=seed,
                       limit=limit)
     try:
-        run = train(cfg, resume=resume, stop_after=stop_after)
+        run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"run folder: {run} (best.keras, last.keras, history.csv, curves.png)")
