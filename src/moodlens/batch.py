@@ -1,0 +1,338 @@
+"""`moodlens batch SRC DEST`: analyze every image under a folder, S3 prefix or list file into one table.
+
+One row per face (path, face_index, box, detector score, expression, p_<class> per class, error); an image
+with no face, or one that fails, still gets one row with face_index null. The sorted input list is cut into
+chunks of `--chunk-size` images; each chunk's rows are written atomically to DEST.parts/part-<hash>.parquet,
+the hash covering the chunk's paths and the settings. A rerun after a crash or kill skips finished parts,
+then all parts are merged into DEST, so every image is there exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import click
+
+from moodlens import storage
+from moodlens.storage import StorageUnavailableError
+
+DEFAULT_CHUNK_SIZE = 64
+FORMATS = ("parquet", "csv", "jsonl")
+_SUFFIX_FORMAT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".json": "jsonl"}
+FACE_COLUMNS = ("box_x", "box_y", "box_w", "box_h", "score", "expression")
+
+
+# ---------------------------------------------------------------------------------------------- rows / schema
+
+
+def output_columns(classes: Sequence[str]) -> list[str]:
+    """Column names, in order, for a model with `classes`."""
+    return ["path", "face_index", *FACE_COLUMNS, *(f"p_{c}" for c in classes), "error"]
+
+
+def output_schema(classes: Sequence[str]):
+    """The pyarrow schema of `moodlens batch` and `moodlens spark-batch` output."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [("path", pa.string()), ("face_index", pa.int32())]
+        + [(c, pa.float64()) for c in ("box_x", "box_y", "box_w", "box_h", "score")]
+        + [("expression", pa.string())]
+        + [(f"p_{c}", pa.float64()) for c in classes]
+        + [("error", pa.string())]
+    )
+
+
+def _empty_row(path: str, classes: Sequence[str], error: str | None = None) -> dict:
+    return {"path": path, "face_index": None, **dict.fromkeys(FACE_COLUMNS),
+            **{f"p_{c}": None for c in classes}, "error": error}
+
+
+def analyze_one(analyzer, path: str, data: bytes | None = None, endpoint: str | None = None) -> list[dict]:
+    """Rows for one image. Any failure but an unreachable object store becomes an error row."""
+    classes = tuple(analyzer.classes)
+    try:
+        if data is None:
+            data = storage.read_bytes(path, endpoint)
+        result = analyzer.analyze(data)
+    except StorageUnavailableError:
+        raise  # the store is down: stop the run instead of writing an error row per image
+    except Exception as exc:  # a bad image must never stop the run
+        return [_empty_row(path, classes, f"{type(exc).__name__}: {exc}")]
+    if not result.faces:
+        return [_empty_row(path, classes)]
+    return [
+        {"path": path, "face_index": i, "box_x": float(f.box.x), "box_y": float(f.box.y),
+         "box_w": float(f.box.w), "box_h": float(f.box.h), "score": float(f.score), "expression": f.expression,
+         **{f"p_{c}": float(f.scores[c]) if c in f.scores else None for c in classes}, "error": None}
+        for i, f in enumerate(result.faces)
+    ]
+
+
+def analyze_many(analyzer, paths: Iterable[str], endpoint: str | None = None) -> list[dict]:
+    """Rows for many images, in order."""
+    return [row for p in paths for row in analyze_one(analyzer, p, endpoint=endpoint)]
+
+
+def rows_to_table(rows: list[dict], classes: Sequence[str]):
+    """Rows as a pyarrow Table with the output schema (explicit, so all-null columns keep their type)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=output_schema(classes))
+
+
+def model_classes(classes: str = "4", model_path: str | None = None) -> tuple[str, ...]:
+    """Class names, in output order, of the expression model an analyzer with these settings loads."""
+    from moodlens.classify import ExpressionClassifier
+
+    return tuple(ExpressionClassifier(model_path, classes=classes).classes)
+
+
+def make_analyzer(classes: str = "4", model_path: str | None = None):
+    """The analyzer a worker uses (models load once here)."""
+    from moodlens import Analyzer
+
+    return Analyzer(classes=classes, model_path=model_path)
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def list_inputs(src: str, endpoint: str | None = None, limit: int | None = None) -> list[str]:
+    """Images to analyze, sorted: under a folder/prefix, or the entries of a .txt list (in list order)."""
+    if src.lower().endswith(".txt"):
+        paths = storage.read_path_list(src, endpoint)
+    else:
+        if not storage.is_url(src) and not os.path.isdir(storage.local_path(src)):
+            raise click.BadParameter(f"{src}: not a folder, S3 prefix or .txt list", param_hint="SRC")
+        paths = storage.list_images(src, endpoint)
+    return paths[:limit] if limit else paths
+
+
+def chunk_paths(paths: Sequence[str], size: int) -> list[list[str]]:
+    """Consecutive chunks of `size` paths (the listing is sorted, so chunks are the same on a rerun)."""
+    return [list(paths[i:i + size]) for i in range(0, len(paths), size)]
+
+
+def chunk_name(paths: Sequence[str], settings: dict) -> str:
+    """`part-<hash>.parquet`: the hash covers the chunk's paths and everything that changes its rows."""
+    from moodlens import __version__
+
+    h = hashlib.sha256(json.dumps({"v": __version__, **settings}, sort_keys=True).encode())
+    for p in paths:
+        h.update(p.encode() + b"\n")
+    return f"part-{h.hexdigest()[:20]}.parquet"
+
+
+def parts_dir(dest: str) -> str:
+    """Where the resumable parts of a run writing `dest` live."""
+    return dest.rstrip("/") + ".parts"
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+
+
+def infer_format(dest: str, fmt: str | None) -> str:
+    """The output format: explicit, else from DEST's extension, else Parquet."""
+    if fmt:
+        return fmt
+    return _SUFFIX_FORMAT.get(os.path.splitext(dest.rstrip("/"))[1].lower(), "parquet")
+
+
+def table_bytes(table, fmt: str) -> bytes:
+    """A table serialized as Parquet (zstd), CSV (header, empty for null) or JSON lines."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    if fmt == "parquet":
+        pq.write_table(table, buf, compression="zstd")
+    elif fmt == "csv":
+        pacsv.write_csv(table, buf)
+    elif fmt == "jsonl":
+        for row in table.to_pylist():
+            buf.write(json.dumps(row).encode() + b"\n")
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    return buf.getvalue()
+
+
+def read_parquet(url: str, endpoint: str | None = None):
+    """A Parquet file (local or object) as a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(storage.read_bytes(url, endpoint)))
+
+
+# ------------------------------------------------------------------------------------------------- workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(classes: str, model_path: str | None, endpoint: str | None) -> None:
+    """Process-pool initializer: one analyzer per worker process, one OpenCV thread (the pool is the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    _WORKER.update(analyzer=make_analyzer(classes, model_path), endpoint=endpoint)
+
+
+def _run_chunk(paths: list[str], part_url: str) -> tuple[int, float]:
+    """Analyze one chunk and write its part atomically. Returns (images, seconds spent reading + analyzing)."""
+    analyzer, endpoint = _WORKER["analyzer"], _WORKER["endpoint"]
+    t0 = time.perf_counter()
+    rows = analyze_many(analyzer, paths, endpoint)
+    seconds = time.perf_counter() - t0
+    storage.write_bytes(part_url, table_bytes(rows_to_table(rows, analyzer.classes), "parquet"), endpoint)
+    return len(paths), seconds
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run did."""
+
+    images: int
+    rows: int
+    faces: int
+    errors: int
+    parts_done_before: int
+    parts_total: int
+    seconds: float
+    dest: str
+    task_seconds: float = 0.0  # summed over workers: reading + analyzing the images done in this run
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.images * (1 - self.parts_done_before / max(self.parts_total, 1))
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_batch(
+    src: str,
+    dest: str,
+    fmt: str | None = None,
+    workers: int | None = None,
+    limit: int | None = None,
+    classes: str = "4",
+    model_path: str | None = None,
+    endpoint: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    keep_parts: bool = False,
+    progress: bool = True,
+) -> BatchSummary:
+    """Analyze SRC into DEST (see the module docstring). Resumes from DEST.parts when it exists.
+
+    With more than one worker this starts `spawn` processes, so a calling script needs the usual
+    `if __name__ == "__main__":` guard.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    fmt = infer_format(dest, fmt)
+    workers = workers or os.cpu_count() or 1
+    paths = list_inputs(src, endpoint, limit)
+    settings = {"classes": str(classes), "model": str(model_path or "")}
+    chunks = chunk_paths(paths, chunk_size)
+    parts = parts_dir(dest)
+    names = [chunk_name(c, settings) for c in chunks]
+    existing = {u.rsplit("/", 1)[-1] for u in storage.list_files(parts, {".parquet"}, endpoint)}
+    todo = [(c, storage.join(parts, n)) for c, n in zip(chunks, names, strict=True) if n not in existing]
+    done_before = len(chunks) - len(todo)
+    if done_before:
+        click.echo(f"resuming: {done_before} of {len(chunks)} parts already done in {parts}", err=True)
+
+    if not paths:
+        click.echo(f"no images found in {src}", err=True)
+    task_seconds = 0.0
+    bar = tqdm(total=len(paths), initial=len(paths) - sum(len(c) for c, _ in todo), unit="img",
+               desc="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        if todo and workers == 1:
+            _init_worker(classes, model_path, endpoint)
+            for chunk, url in todo:
+                n, secs = _run_chunk(chunk, url)
+                bar.update(n)
+                task_seconds += secs
+        elif todo:
+            import multiprocessing
+
+            # spawn, not fork: the parent may already run fsspec's event-loop thread, which fork would break
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(classes, model_path, endpoint)) as pool:
+                pending = {pool.submit(_run_chunk, chunk, url) for chunk, url in todo}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for fut in finished:
+                        exc = fut.exception()
+                        if exc is not None:
+                            pool.shutdown(cancel_futures=True)
+                            raise exc
+                        n, secs = fut.result()
+                        bar.update(n)
+                        task_seconds += secs
+    finally:
+        bar.close()
+
+    tables = [read_parquet(storage.join(parts, n), endpoint) for n in names]
+    table = pa.concat_tables(tables) if tables else rows_to_table([], model_classes(classes, model_path))
+    storage.write_bytes(dest, table_bytes(table, fmt), endpoint)
+    if not keep_parts:
+        storage.remove_tree(parts, endpoint)
+    face_index, error = table.column("face_index"), table.column("error")
+    return BatchSummary(
+        images=len(paths), rows=table.num_rows, faces=table.num_rows - face_index.null_count,
+        errors=len(error) - error.null_count, parts_done_before=done_before, parts_total=len(chunks),
+        seconds=time.perf_counter() - t0, dest=dest, task_seconds=task_seconds)
+
+
+# ------------------------------------------------------------------------------------------------- command
+
+
+def s3_endpoint_option(f):
+    """`--s3-endpoint URL`, shared by the batch commands."""
+    return click.option("--s3-endpoint", envvar=storage.S3_ENDPOINT_ENV, default=None, metavar="URL",
+                        help=f"S3-compatible endpoint (Ceph RGW, MinIO, ...); env {storage.S3_ENDPOINT_ENV}.")(f)
+
+
+@click.command("batch")
+@click.argument("src")
+@click.argument("dest")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Output format (default: from DEST's extension, else parquet).")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes (default: all cores).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images of the sorted list.")
+@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
+@click.option("--model", "model_path", default=None, help="A .tflite expression model instead of the shipped one.")
+@click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True,
+              help="Images per resumable part.")
+@click.option("--keep-parts", is_flag=True, help="Keep DEST.parts/ after merging.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@s3_endpoint_option
+def batch_command(src, dest, fmt, workers, limit, classes, model_path, chunk_size, keep_parts, no_progress,
+                  s3_endpoint) -> None:
+    """Analyze every image under SRC into one table at DEST, one row per face.
+
+    SRC: a folder, an S3 prefix (s3://bucket/photos/) or a .txt file of paths/URLs (relative entries are
+    taken from the list's folder). DEST: a local path or S3 URL; .parquet (default), .csv or .jsonl.
+    Interrupted runs resume from DEST.parts/ when rerun with the same arguments.
+    """
+    try:
+        s = run_batch(src, dest, fmt=fmt, workers=workers, limit=limit, classes=classes, model_path=model_path,
+                      endpoint=s3_endpoint, chunk_size=chunk_size, keep_parts=keep_parts, progress=not no_progress)
+    except storage.StorageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # per-image errors are rows already: this is the listing or the output failing
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    click.echo(f"{s.images} images, {s.faces} faces, {s.errors} errors -> {s.dest} "
+               f"({s.seconds:.1f} s, {s.images_per_second:.1f} images/s)", err=True)

@@ -1,0 +1,143 @@
+"""`moodlens batch`: one row per face, error rows, formats, list files, S3 in and out, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from moodlens import storage
+from moodlens.batch import output_columns, parts_dir, run_batch
+from moodlens.cli import main
+
+# s3_server is a pytest plugin (session fixtures, assertion rewriting): its helpers are imported inside the
+# tests, after pytest has loaded it, not at the top.
+pytest_plugins = ["s3_server"]
+
+
+def _by_prefix(table, prefix: str) -> list[dict]:
+    return [r for r in table.to_pylist() if r["path"].startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_batch_rows_faces_no_faces_and_errors(photo_set, photo_set_batch):
+    t = photo_set_batch
+    images = storage.list_images(str(photo_set))
+    assert len(images) == 243
+    assert t.column_names == output_columns(("angry", "happy", "neutral", "sad"))
+    # every image is there; only face rows can repeat a path, with face_index 0, 1, ...
+    rows = t.to_pylist()
+    assert sorted({r["path"] for r in rows}) == images
+    by_path: dict[str, list] = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r["face_index"])
+    assert all(ix == [None] or ix == list(range(len(ix))) for ix in by_path.values())
+
+    people = _by_prefix(t, str(photo_set / "people"))
+    with_face = {r["path"] for r in people if r["face_index"] is not None}
+    assert len(with_face) >= 0.9 * 216, "the astronaut variations should nearly all show a face"
+    for r in people:
+        if r["face_index"] is not None:
+            assert r["error"] is None and r["box_w"] > 0 and r["box_h"] > 0 and 0 < r["score"] <= 1
+            probs = [r[f"p_{c}"] for c in ("angry", "happy", "neutral", "sad")]
+            assert abs(sum(probs) - 1) < 1e-3 and r["expression"] in ("angry", "happy", "neutral", "sad")
+
+    objects = _by_prefix(t, str(photo_set / "objects"))
+    assert len(objects) == 24 and all(r["error"] is None for r in objects)
+    assert sum(r["face_index"] is None for r in objects) >= 22  # a cup or a rocket is not a face
+
+    broken = {r["path"].rsplit("/", 1)[-1]: r for r in _by_prefix(t, str(photo_set / "broken"))}
+    assert sorted(broken) == ["empty.png", "not-an-image.jpg", "truncated.jpg"]
+    assert all(r["error"] and r["face_index"] is None and r["expression"] is None for r in broken.values())
+
+
+def test_formats_by_extension_and_flag(photo_set, tmp_path):
+    runner = CliRunner()
+    for name, extra in [("o.csv", []), ("o.jsonl", []), ("o.data", ["--format", "csv"])]:
+        result = runner.invoke(main, ["batch", str(photo_set / "broken"), str(tmp_path / name), "--workers", "1",
+                                      "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        assert "3 images, 0 faces, 3 errors" in result.output
+    csv = pacsv.read_csv(tmp_path / "o.csv")
+    assert csv.num_rows == 3 and csv.column_names == output_columns(("angry", "happy", "neutral", "sad"))
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(x["face_index"] is None and x["error"] for x in lines)
+    assert (tmp_path / "o.data").read_text() == (tmp_path / "o.csv").read_text()
+    assert not (tmp_path / "o.csv.parts").exists()  # parts are removed after the merge
+
+
+def test_list_file_input_keeps_order_and_reports_missing(photo_set, tmp_path):
+    listing = photo_set / "some.txt"
+    listing.write_text("objects/object-001.jpg\n# a comment\nobjects/missing.jpg\nobjects/object-000.jpg\n")
+    s = run_batch(str(listing), str(tmp_path / "o.parquet"), workers=1, progress=False, classes="7")
+    rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["object-001.jpg", "missing.jpg", "object-000.jpg"]
+    assert rows[1]["error"].startswith("FileNotFoundError") and "p_disgust" in rows[0]
+    assert s.images == 3 and s.errors == 1
+    listing.write_text("objects/object-001.jpg\n../../etc/passwd\n")
+    result = CliRunner().invoke(main, ["batch", str(listing), str(tmp_path / "x.parquet"), "--no-progress"])
+    assert result.exit_code == 1 and "line 2" in result.output and "'..'" in result.output
+    listing.unlink()
+
+
+@pytest.mark.slow
+def test_s3_source_and_destination(photo_set, photo_set_batch, s3_env, tmp_path):
+    from s3_server import assert_same_rows, upload_tree
+
+    bucket = s3_env.new_bucket()
+    src = upload_tree(s3_env, photo_set, bucket, "in/photos")
+    dest = f"s3://{bucket}/out/photos.parquet"
+    result = CliRunner().invoke(main, ["batch", src, dest, "--workers", "2", "--chunk-size", "50",
+                                       "--no-progress", "--s3-endpoint", s3_env.endpoint])
+    assert result.exit_code == 0, result.output
+    assert "243 images" in result.output
+    table = pq.read_table(s3_env.filesystem().open(dest.removeprefix("s3://")))
+    assert_same_rows(table, photo_set_batch, strip_a=src + "/", strip_b=str(photo_set) + "/")
+    assert storage.list_files(parts_dir(dest)) == []
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_every_image_once(photo_set, photo_set_batch, tmp_path):
+    from s3_server import assert_same_rows
+
+    dest = tmp_path / "out.parquet"
+    parts = tmp_path / "out.parquet.parts"
+    cmd = [sys.executable, "-m", "moodlens", "batch", str(photo_set), str(dest), "--workers", "1",
+           "--chunk-size", "8", "--limit", "96", "--no-progress"]
+    # its own process group, so the kill takes any worker processes with it
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if parts.is_dir() and len([p for p in os.listdir(parts) if p.endswith(".parquet")]) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()}"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = sorted(p for p in os.listdir(parts) if p.endswith(".parquet"))
+    assert 3 <= len(done) < 12 and not dest.exists()
+
+    result = CliRunner().invoke(main, ["batch", str(photo_set), str(dest), "--workers", "2", "--chunk-size", "8",
+                                       "--limit", "96", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"resuming: {len(done)} of 12 parts already done" in result.output
+    table = pq.read_table(dest)
+    first96 = storage.list_images(str(photo_set))[:96]
+    assert sorted({r["path"] for r in table.to_pylist() if r["face_index"] in (None, 0)}) == first96
+    assert table.num_rows == len(set(zip(table.column("path").to_pylist(), table.column("face_index").to_pylist(),
+                                         strict=True)))
+    expected = photo_set_batch.filter(pc.is_in(photo_set_batch.column("path"), value_set=pa.array(first96)))
+    assert_same_rows(table, expected)
+    assert not parts.exists()
