@@ -69,15 +69,18 @@ def cpu_name() -> str:
 @click.option("--uncertain-below", type=float, help="Top score under which a face is flagged uncertain.")
 @click.option("--quantize", type=click.Choice(["none", "dynamic"]), default="dynamic", show_default=True,
               help="int8 weights (dynamic range): 4x smaller and faster; accuracy is measured after.")
-def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_below, quantize) -> None:
+@click.option("--flip-tta/--no-flip-tta", default=False, show_default=True,
+              help="Average each face's logits with its mirror image's (2x the compute).")
+def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_below, quantize, flip_tta) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
     import keras
+    from scipy.special import softmax
 
     from moodlens.calibrate import calibration_report
     from moodlens.classify import ExpressionClassifier, ms_per_face
     from moodlens.data import load_fer, read_fer2013
     from moodlens.evaluate import evaluate, keras_model_classes
-    from moodlens.export import columns_for, export_tflite
+    from moodlens.export import columns_for, export_tflite, model_logits
     from moodlens.labels import class_set
     from moodlens.modelcard import DATA_TERMS, INTENDED_USE, LIMITATIONS, write_card
 
@@ -88,13 +91,13 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
     cols = columns_for(trained, target)
     frame = read_fer2013(fer2013)
     cal_set = load_fer(fer2013, split, target, frame=frame)
-    logits = model.predict(cal_set.images[..., None].astype(np.float32), batch_size=256, verbose=0)[:, cols]
+    logits = model_logits(model, cal_set.images, flip_tta)[:, cols]
     cal = calibration_report(logits, cal_set.y) | {"fitted_on": f"{split}, FER2013 labels"}
-    out = export_tflite(model, out, cols, cal["temperature"], quantize=quantize)
+    out = export_tflite(model, out, cols, cal["temperature"], quantize=quantize, flip_tta=flip_tta)
 
     # round trip: the exported file must give what Keras gives
-    probe = cal_set.images[:64, ..., None].astype(np.float32)
-    ref = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(probe, verbose=0)[:, cols] / cal["temperature"]))
+    probe = cal_set.images[:64]
+    ref = softmax(model_logits(model, probe, flip_tta)[:, cols] / cal["temperature"], axis=1)
     got = ExpressionClassifier(out, num_threads=1).predict(probe)
     max_diff = float(np.abs(ref - got).max())
 
@@ -124,7 +127,7 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
                                  "the model); faces rotated upright by the eye line and cropped square around the "
                                  "face as moodlens.align does"},
         "output": "(N, C) calibrated class probabilities, rows sum to 1",
-        "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize,
+        "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize, "flip_tta": flip_tta,
         "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
                          "parameters": int(model.count_params()),
                          "trained_classes": list(trained.classes), "output_columns": cols},
