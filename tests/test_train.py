@@ -16,9 +16,9 @@ from moodlens.classify import ExpressionClassifier  # noqa: E402
 from moodlens.train import TrainConfig, train  # noqa: E402
 
 
-def small_config(tmp_path, run: str, epochs: int = 1, **kw) -> TrainConfig:
+def small_config(tmp_path, run: str, epochs: int = 1, classes_override: str = "7", **kw) -> TrainConfig:
     fer, plus = make_fer_pair(tmp_path)
-    return TrainConfig(run_dir=str(tmp_path / run), fer2013=str(fer), ferplus=str(plus), classes="7",
+    return TrainConfig(run_dir=str(tmp_path / run), fer2013=str(fer), ferplus=str(plus), classes=classes_override,
                        targets="mixed", epochs=epochs, batch_size=32, width=8, warmup_epochs=0,
                        extra={"deterministic": True}, **kw)
 
@@ -75,3 +75,16 @@ def test_resume_can_change_the_run_length(tmp_path):
     train(TrainConfig(run_dir=str(run)), resume=True, verbose=0, epochs=2)
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 2
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
+
+
+def test_init_from_a_seven_class_run_starts_a_four_class_run_where_it_left_off(tmp_path):
+    from moodlens.labels import FOUR, SEVEN
+    from moodlens.train import init_from_checkpoint
+
+    seven = train(small_config(tmp_path, "seven"), verbose=0) / "best.keras"
+    four = init_from_checkpoint(str(seven), FOUR.classes)
+    faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48, 1)).astype(np.float32)
+    old = keras.models.load_model(seven).predict(faces, verbose=0)
+    assert np.allclose(four.predict(faces, verbose=0), old[:, [SEVEN.index(c) for c in FOUR.classes]], atol=1e-5)
+    run = train(small_config(tmp_path, "four", classes_override="4", init_from=str(seven)), verbose=0)
+    assert keras.models.load_model(run / "best.keras").output_shape[-1] == 4

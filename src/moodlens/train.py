@@ -42,6 +42,7 @@ class TrainConfig:
     width: int = 32
     seed: int = 1234
     limit: int | None = None  # train on the first N rows only (smoke tests)
+    init_from: str | None = None  # fine-tune from a checkpoint (a 7-class net can start a 4-class run)
     extra: dict = field(default_factory=dict)
 
 
@@ -121,13 +122,41 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
         warmup_target=cfg.lr, warmup_steps=warmup)
 
 
+def init_from_checkpoint(path: str, classes: tuple[str, ...]):
+    """A checkpoint's network with its logits cut down to `classes` (their rows of the old head kept).
+
+    The new model starts out giving exactly the old model's restricted output, so fine-tuning starts from there.
+    """
+    import keras
+
+    from moodlens.evaluate import keras_model_classes
+
+    old = keras.models.load_model(path, compile=False)
+    old_classes = keras_model_classes(Path(path), old.output_shape[-1])
+    if tuple(old_classes) == tuple(classes):
+        return old
+    missing = set(classes) - set(old_classes)
+    if missing:
+        raise ValueError(f"{path} predicts {list(old_classes)}: it cannot start a run over {sorted(missing)}")
+    cols = [old_classes.index(c) for c in classes]
+    head = old.get_layer("logits")
+    logits = keras.layers.Dense(len(classes), name="logits")(head.input)
+    model = keras.Model(old.input, logits, name=old.name)
+    kernel, bias = head.get_weights()
+    model.get_layer("logits").set_weights([kernel[:, cols], bias[cols]])
+    return model
+
+
 def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
     import keras
 
     from moodlens.model import build_classifier
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_classifier(n_classes, width=cfg.width)
+    if cfg.init_from:
+        model = init_from_checkpoint(cfg.init_from, class_set(cfg.classes).classes)
+    else:
+        model = build_classifier(n_classes, width=cfg.width)
     model.compile(
         optimizer=keras.optimizers.AdamW(lr_schedule(cfg, steps_per_epoch), weight_decay=cfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
@@ -174,7 +203,9 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
 def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: float):
     import keras
 
-    monitor = cfg.extra.get("monitor") or ("val_fer2013_7_acc" if "fer2013_7" in probes else "val_accuracy")
+    # select on FER2013-label accuracy where there are FER probes (7 classes if the run has them)
+    monitor = cfg.extra.get("monitor") or next(
+        (f"val_{p}_acc" for p in ("fer2013_7", "fer2013_4") if p in probes), "val_accuracy")
 
     class EpochEnd(keras.callbacks.Callback):
         """Probe metrics, checkpoints, state and curves, in that order, at the end of every epoch."""

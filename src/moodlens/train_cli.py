@@ -25,14 +25,17 @@ from moodlens.data import TARGETS
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--warmup-epochs", type=int, default=2, show_default=True)
 @click.option("--class-weight", type=click.Choice(["none", "sqrt", "balanced"]), default="none", show_default=True)
 @click.option("--width", type=int, default=32, show_default=True, help="Channels of the first stage.")
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option("--limit", type=int, help="Train on the first N rows only (smoke tests).")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this checkpoint (e.g. fine-tune a 7-class run into a 4-class model).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 @click.option("--stop-after", type=int, help="Stop after this many epochs in this call (resume later).")
 def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, lr, label_smoothing,
-                  class_weight, width, seed, limit, resume, stop_after) -> None:
+                  warmup_epochs, class_weight, width, seed, limit, init_from, resume, stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
     from moodlens.train import TrainConfig, train
 
@@ -40,8 +43,8 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
         raise click.UsageError("give --fer2013 (and optionally --ferplus) or --shards")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, lr=lr,
-                      label_smoothing=label_smoothing, class_weight=class_weight, width=width, seed=seed,
-                      limit=limit)
+                      label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, class_weight=class_weight,
+                      width=width, seed=seed, limit=limit, init_from=init_from)
     try:
         run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
@@ -146,7 +149,11 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
                 f"{run_cfg.get('epochs', '?')} epochs, AdamW with warm-up and cosine decay, label smoothing "
                 f"{run_cfg.get('label_smoothing', '?')}, augmentation: random rotation/scale/shift in one affine, "
                 "horizontal flip, brightness/contrast jitter, random erasing. Checkpoint selected on "
-                f"{split} (7-class FER2013-label accuracy)."),
+                f"{split} (7-class FER2013-label accuracy)."
+                + (f" Fine-tuned from {run_cfg['init_from']} (a run with its own config.json beside it)."
+                   if run_cfg.get("init_from") else "")
+                + (f" This {len(target)}-class model is that {len(trained)}-class network with its output restricted"
+                   f" to {', '.join(target.classes)} (softmax over those logits)." if trained != target else "")),
             "config": run_cfg,
         },
         "data_terms": DATA_TERMS,
