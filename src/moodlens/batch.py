@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import click
 
 from moodlens import storage
+from moodlens.errors import ImageTooLargeError, MoodlensError
 from moodlens.storage import StorageUnavailableError
 
 DEFAULT_CHUNK_SIZE = 64
@@ -61,7 +62,10 @@ def analyze_one(analyzer, path: str, data: bytes | None = None, endpoint: str | 
     classes = tuple(analyzer.classes)
     try:
         if data is None:
-            data = storage.read_bytes(path, endpoint)
+            max_bytes = getattr(analyzer, "max_bytes", None)
+            data = storage.read_bytes(path, endpoint, max_bytes=max_bytes)  # never more than the limit + 1
+            if max_bytes is not None and len(data) > max_bytes:
+                raise ImageTooLargeError(f"the file is over the limit of {max_bytes:,} bytes")
         result = analyzer.analyze(data)
     except StorageUnavailableError:
         raise  # the store is down: stop the run instead of writing an error row per image
@@ -240,6 +244,8 @@ def run_batch(
 
     t0 = time.perf_counter()
     fmt = infer_format(dest, fmt)
+    # a broken model fails here, once, with its ModelError, rather than in every worker (BrokenProcessPool)
+    model_classes(classes, model_path)
     workers = workers or os.cpu_count() or 1
     paths = list_inputs(src, endpoint, limit)
     settings = {"classes": str(classes), "model": str(model_path or "")}
@@ -330,7 +336,7 @@ def batch_command(src, dest, fmt, workers, limit, classes, model_path, chunk_siz
     try:
         s = run_batch(src, dest, fmt=fmt, workers=workers, limit=limit, classes=classes, model_path=model_path,
                       endpoint=s3_endpoint, chunk_size=chunk_size, keep_parts=keep_parts, progress=not no_progress)
-    except storage.StorageError as exc:
+    except MoodlensError as exc:  # storage errors, a broken model
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # per-image errors are rows already: this is the listing or the output failing
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

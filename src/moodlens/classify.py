@@ -35,7 +35,14 @@ class ExpressionClassifier:
         self.num_threads = num_threads
         self._local = threading.local()
         interpreter = self._interpreter()  # fail at start-up, not on the first request
-        n_out = int(interpreter.get_output_details()[0]["shape"][-1])
+        inp, out = interpreter.get_input_details(), interpreter.get_output_details()
+        in_shape, out_shape = [int(s) for s in inp[0]["shape"]], [int(s) for s in out[0]["shape"]]
+        if len(inp) != 1 or in_shape[1:] != [FACE_SIZE, FACE_SIZE, 1] or inp[0]["dtype"] != np.float32 \
+                or len(out_shape) != 2:
+            # a valid LiteRT file that is some other network would otherwise load and fail on every face
+            raise ModelError(f"{self.path}: not an expression model (input {in_shape} {np.dtype(inp[0]['dtype'])}, "
+                             f"output {out_shape}; expected (N, {FACE_SIZE}, {FACE_SIZE}, 1) float32 in, (N, C) out)")
+        n_out = out_shape[-1]
         self.classes: tuple[str, ...] = tuple(self.card.get("classes") or self._default_classes(n_out))
         if len(self.classes) != n_out:
             raise ModelError(f"{self.path}: model has {n_out} outputs but its card lists {len(self.classes)} classes")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +88,65 @@ def _from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     except (UnidentifiedImageError, ValueError, TypeError) as exc:
         raise NotAnImageError("the data is not an image in a supported format "
                               "(JPEG, PNG, WebP, BMP, GIF, HEIC)") from exc
-    except (OSError, SyntaxError, EOFError) as exc:  # a known format whose header is broken
-        raise TruncatedImageError(f"the image header is corrupt ({exc})") from exc
+    except (OSError, SyntaxError, EOFError, RuntimeError) as exc:  # a known format whose header is broken
+        # (RuntimeError: libheif's errors, through pillow-heif; their messages end with a newline)
+        raise TruncatedImageError(f"the image header is corrupt ({' '.join(str(exc).split())})") from exc
     with im:
         _check_size(im.width, im.height, max_pixels)
+        if im.format == "HEIF":
+            coded = _heif_coded_size(data)
+            if coded and coded[0] * coded[1] > max_pixels:
+                raise ImageTooLargeError(f"the image is coded as {coded[0]}x{coded[1]} = {coded[0] * coded[1]:,} "
+                                         f"pixels (shown cropped to {im.width}x{im.height}), over the limit of "
+                                         f"{max_pixels:,}")
         try:
             im.seek(0)  # first frame of an animation
             im.load()
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
-        except (OSError, SyntaxError, EOFError, ValueError, IndexError) as exc:
-            raise TruncatedImageError(f"the image data is truncated or corrupt ({exc})") from exc
+        except (OSError, SyntaxError, EOFError, ValueError, IndexError, RuntimeError) as exc:
+            # pillow-heif raises RuntimeError for libheif's errors, e.g. a HEIC whose coded size (before its
+            # clean-aperture crop, so not in the header) is over libheif's own pixel limit
+            detail = " ".join(str(exc).split())  # libheif's messages end with a newline
+            if isinstance(exc, RuntimeError) and "Security limit exceeded" in detail:
+                raise ImageTooLargeError(f"the image is too large to decode ({detail})") from exc
+            raise TruncatedImageError(f"the image data is truncated or corrupt ({detail})") from exc
         im = _upright(im)
         _check_size(im.width, im.height, max_pixels)
         return _to_rgb(im)
+
+
+def _heif_coded_size(data: bytes) -> tuple[int, int] | None:
+    """The largest coded size (an `ispe` property) in a HEIF file's top-level `meta` box, None if there is none.
+
+    pillow-heif reports the size after the clean-aperture (`clap`) crop, which a crafted file can make tiny while
+    the coded image, which libheif allocates in full, is huge (an 11 kB HEIC shown as 48x48 but coded 7001x7001
+    took 230 MB); the pixel limit must apply to the coded size too.
+    """
+    pos, end = 0, len(data)
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1 and pos + 16 <= end:
+            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header:
+            return None
+        if kind == b"meta":
+            meta, best = data[pos + header:pos + size], None
+            i = meta.find(b"ispe")
+            while i >= 4:
+                box_size = struct.unpack_from(">I", meta, i - 4)[0]
+                at = i + 8 if box_size == 20 else i + 16 if box_size == 1 else None  # (1: a 64-bit box size)
+                if at is not None and at + 8 <= len(meta):
+                    w, h = struct.unpack_from(">II", meta, at)
+                    if best is None or w * h > best[0] * best[1]:
+                        best = (w, h)
+                i = meta.find(b"ispe", i + 4)
+            return best
+        pos += size
+    return None
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -11,10 +11,12 @@ default 5) and then raise `StorageUnavailableError` naming the endpoint.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
 import random
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -212,11 +214,26 @@ def list_images(root: str, endpoint: str | None = None) -> list[str]:
     return list_files(root, IMAGE_SUFFIXES, endpoint)
 
 
-def read_bytes(url: str, endpoint: str | None = None) -> bytes:
-    """The whole content of a local file or object."""
+def read_bytes(url: str, endpoint: str | None = None, max_bytes: int | None = None) -> bytes:
+    """The whole content of a local file or object; with `max_bytes`, at most `max_bytes` + 1 bytes of a local
+    file (enough to tell that it is over the limit without reading all of it).
+
+    Only regular local files are read: a FIFO, socket, device or folder raises OSError at once instead of
+    blocking or never ending (a `photo.jpg` that is a pipe or a link to /dev/zero).
+    """
     if not is_url(url):
-        with open(local_path(url), "rb") as f:
-            return f.read()
+        path = local_path(url)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
+        with os.fdopen(fd, "rb") as f:
+            return f.read() if max_bytes is None else f.read(max_bytes + 1)
+    # Objects are read whole: a ranged GET would bound the download, but S3 answers 416 for a range of an
+    # empty object, so `max_bytes` applies to local files only.
     fs, path = _filesystem(url, endpoint)
     return _retry(lambda: fs.cat_file(path), f"reading {url}", endpoint)
 

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "MOODLENS_RATE_BURST": 40,  # requests a client may make at once before the rate applies
     "MOODLENS_PROXIES": 0,  # reverse proxies in front of the app whose X-Forwarded-* headers are trusted
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # bytes; larger bodies get 413 before they are read
+    "MOODLENS_BODY_TIMEOUT": 60.0,  # seconds a body may take to arrive under gunicorn (then 408); 0: no limit
     "MAX_FORM_MEMORY_SIZE": 500_000,  # bytes of a text field in a form (keep over Werkzeug's 64 kB read size)
     "MAX_FORM_PARTS": 16,
 }
@@ -61,10 +62,11 @@ def create_app(config: dict[str, Any] | None = None, analyzer: Any = None) -> Fl
 
     _version_static_files(app)
 
-    from moodlens.web import api, pages, problems, security
+    from moodlens.web import api, pages, problems, security, uploads
 
     problems.init_app(app)
     security.init_app(app)
+    uploads.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
 

@@ -35,6 +35,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "bad-request": (400, "Malformed request"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "request-timeout": (408, "Request body too slow"),
     "too-large": (413, "Photo too large"),
     "not-an-image": (415, "Not an image"),
     "unsupported-media-type": (415, "Unsupported Content-Type"),
@@ -53,8 +54,8 @@ _IMAGE_ERRORS: list[tuple[type[ImageError], str]] = [
     (ImageTooSmallError, "image-too-small"),
 ]
 
-_HTTP_SLUGS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large",
-               415: "unsupported-media-type", 429: "rate-limited", 503: "unavailable"}
+_HTTP_SLUGS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 408: "request-timeout",
+               413: "too-large", 415: "unsupported-media-type", 429: "rate-limited", 503: "unavailable"}
 
 
 class ApiProblem(Exception):

@@ -87,11 +87,13 @@ def gunicorn_options(
               help="Reverse proxies in front whose X-Forwarded-For/-Proto/-Host to trust.")
 @click.option("--timeout", type=click.IntRange(5), default=60, show_default=True,
               help="Seconds a worker may spend on one request before it is restarted.")
+@click.option("--body-timeout", type=click.FloatRange(0), default=60, show_default=True,
+              help="Seconds a request body may take to arrive; slower clients get 408 (0: no limit).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
     detector: str, max_upload_mb: float, rate_limit: float, burst: int, proxies: int, timeout: int,
-    access_log: bool,
+    body_timeout: float, access_log: bool,
 ) -> None:
     """Serve the website (photos, webcam, model card) and the JSON API."""
     from moodlens.web import create_app
@@ -106,6 +108,7 @@ def serve_command(
         "MOODLENS_RATE_BURST": burst,
         "MOODLENS_PROXIES": proxies,
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
+        "MOODLENS_BODY_TIMEOUT": body_timeout,
     }
     try:
         app = create_app(config)

@@ -1,11 +1,13 @@
-"""Reading an uploaded photo into memory, and never onto disk."""
+"""Reading an uploaded photo into memory, and never onto disk, within a time limit."""
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
-from typing import IO
+from typing import IO, Any
 
-from flask import Request, request
+from flask import Flask, Request, current_app, request
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from moodlens.web.problems import ApiProblem
 
@@ -61,3 +63,77 @@ def read_image() -> bytes:
     if not data:
         raise ApiProblem(400, "empty-image", "The photo is empty (0 bytes).")
     return data
+
+
+class GuardedInput:
+    """gunicorn's `wsgi.input`, read within a deadline and with its framing errors answered as 400.
+
+    A client that sends its headers and then trickles (or stalls) its body would otherwise hold a worker thread
+    for as long as it likes: each read gets the socket timeout set to the time left before `deadline`
+    (time.monotonic(); None: no limit), then restored so that writing the response is not affected, and gives a
+    408 once it is passed. A malformed chunked body makes gunicorn raise a parse error, which is the client's
+    fault (400), not the server's.
+    """
+
+    def __init__(self, stream: Any, sock: Any, deadline: float | None, seconds: float | None) -> None:
+        self._stream, self._sock, self._deadline, self._seconds = stream, sock, deadline, seconds
+
+    def _call(self, method: str, *args: Any) -> Any:
+        from gunicorn.http.errors import ParseException
+
+        prior = None
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout()
+            prior = self._sock.gettimeout()
+            self._sock.settimeout(remaining)
+        try:
+            return getattr(self._stream, method)(*args)
+        except TimeoutError:
+            raise self._timeout() from None
+        except ParseException as exc:
+            raise BadRequest(f"The request body is malformed ({type(exc).__name__}).") from None
+        finally:
+            if self._deadline is not None:
+                try:
+                    self._sock.settimeout(prior)
+                except OSError:  # the client is gone
+                    pass
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(f"The request body took more than {self._seconds:g} s to arrive.")
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call("read", size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._call("readline", size)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return self._call("readlines", hint)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+def guard_body() -> None:
+    """`before_request` hook: read the body through `GuardedInput` (deadline: MOODLENS_BODY_TIMEOUT seconds).
+
+    Only under gunicorn, whose environ carries the client socket; other servers (and Flask's test client) are
+    left alone. Requests without a body are not touched.
+    """
+    env = request.environ
+    sock = env.get("gunicorn.socket")
+    if sock is None or not hasattr(sock, "settimeout") or request.content_length == 0:
+        return
+    if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        return
+    seconds = current_app.config.get("MOODLENS_BODY_TIMEOUT") or None
+    deadline = time.monotonic() + float(seconds) if seconds else None
+    env["wsgi.input"] = GuardedInput(env["wsgi.input"], sock, deadline, seconds)
+
+
+def init_app(app: Flask) -> None:
+    """Register `guard_body` before every other hook."""
+    app.before_request_funcs.setdefault(None, []).insert(0, guard_body)
