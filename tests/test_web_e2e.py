@@ -195,7 +195,7 @@ def test_webcam_denied_or_missing(server, playwright, flags, says):
 def test_model_page(server, browser, name, viewport):
     page, errors = open_page(browser, server + "/model", viewport)
     assert "Model card" in page.inner_text("h1")
-    assert page.locator(".chip", has_text="happy").count() == 1
+    assert page.locator(".chip", has_text="happy").count() >= 1  # the classes (and the trained classes)
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     page.screenshot(path=str(SHOTS / f"moodlens-model-{name}.png"), full_page=True)
     assert errors == []
