@@ -88,3 +88,28 @@ def test_init_from_a_seven_class_run_starts_a_four_class_run_where_it_left_off(t
     assert np.allclose(four.predict(faces, verbose=0), old[:, [SEVEN.index(c) for c in FOUR.classes]], atol=1e-5)
     run = train(small_config(tmp_path, "four", classes_override="4", init_from=str(seven)), verbose=0)
     assert keras.models.load_model(run / "best.keras").output_shape[-1] == 4
+
+
+def test_trains_from_parquet_face_shards(tmp_path):
+    """`moodlens train --shards` reads what `moodlens spark-prepare` writes."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from fer_fixtures import synthetic_faces
+    from moodlens.cli import main
+    from moodlens.labels import FOUR
+    from moodlens.shards import shard_schema
+
+    labels = np.random.default_rng(2).integers(0, 4, 160)
+    faces = synthetic_faces(labels)
+    rows = [{"path": f"photo{i}.jpg", "face_index": 0, "label": FOUR.classes[y], "pixels": f.tobytes(),
+             "width": 48, "height": 48} for i, (y, f) in enumerate(zip(labels, faces, strict=True))]
+    (tmp_path / "shards").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=shard_schema()), tmp_path / "shards" / "part-0.parquet")
+    out = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "run"), "--shards", str(tmp_path / "shards"),
+                                    "--classes", "4", "--targets", "fer2013", "--epochs", "1", "--width", "8",
+                                    "--batch-size", "32"])
+    assert out.exit_code == 0, out.output
+    assert keras.models.load_model(tmp_path / "run" / "best.keras").output_shape[-1] == 4
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["monitor"] == "val_accuracy"
