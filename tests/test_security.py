@@ -206,7 +206,8 @@ def test_rate_limit_per_client_with_retry_after(server):
 
 
 def test_rate_limit_is_configurable():
-    app = create_app({"MOODLENS_RATE_LIMIT": 100, "MOODLENS_RATE_BURST": 5})
+    # a slow refill (one token per 20 s), so how long the six requests take cannot change the count
+    app = create_app({"MOODLENS_RATE_LIMIT": 0.05, "MOODLENS_RATE_BURST": 5})
     client = app.test_client()
     assert [client.get("/api/v1/model").status_code for _ in range(6)].count(429) == 1
     unlimited = create_app({"MOODLENS_RATE_LIMIT": 0}, analyzer=app.extensions["moodlens"].get()).test_client()
