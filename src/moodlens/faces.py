@@ -35,6 +35,11 @@ def shared_detector() -> FaceDetector:
     return _detector
 
 
+def face_crops(rgb: np.ndarray) -> list[np.ndarray]:
+    """Aligned 48x48 uint8 grey crops of every face in a decoded RGB image: the app's detect -> align."""
+    return [align_face(rgb, d) for d in shared_detector().detect(rgb)]
+
+
 def face_crops_from_file(path: str | Path, detect_faces: bool = True) -> list[np.ndarray]:
     """48x48 uint8 grey crops from one image file: every detected face, or (without `detect_faces`) the
     whole image taken as a face crop and resized. An unreadable file gives [] and a logged warning."""
@@ -47,4 +52,4 @@ def face_crops_from_file(path: str | Path, detect_faces: bool = True) -> list[np
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         interp = cv2.INTER_AREA if min(grey.shape) >= FACE_SIZE else cv2.INTER_LINEAR
         return [cv2.resize(grey, (FACE_SIZE, FACE_SIZE), interpolation=interp)]
-    return [align_face(rgb, d) for d in shared_detector().detect(rgb)]
+    return face_crops(rgb)

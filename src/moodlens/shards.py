@@ -30,15 +30,12 @@ def shard_schema():
 
 
 def face_crops(data: bytes) -> list[np.ndarray]:
-    """Aligned (48, 48) uint8 crops of every face in an encoded image: the app's decode -> detect -> align
-    (as moodlens.faces.face_crops_from_file, but raising on a bad image so the caller can name its path)."""
-    from moodlens.align import align_face
+    """Aligned (48, 48) uint8 crops of every face in an encoded image (moodlens.faces.face_crops after decoding;
+    unlike face_crops_from_file it raises on a bad image, so the caller can name its path)."""
     from moodlens.decode import decode_image
-    from moodlens.faces import shared_detector
+    from moodlens.faces import face_crops as crops_of
 
-    rgb = decode_image(data)
-    return [np.asarray(align_face(rgb, d), np.uint8).reshape(FACE_SIZE, FACE_SIZE)
-            for d in shared_detector().detect(rgb)]
+    return crops_of(decode_image(data))
 
 
 def face_crop_rows(path: str, label: str, data: bytes | None = None, endpoint: str | None = None) -> list[dict]:
