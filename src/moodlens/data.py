@@ -21,8 +21,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".h
 
 # What the model learns from: FER2013's label, FER+'s majority vote, FER+'s vote distribution,
 # or an even mix of FER2013's label and FER+'s distribution.
-Targets = Literal["fer2013", "ferplus", "ferplus-soft", "mixed"]
-TARGETS: tuple[str, ...] = ("fer2013", "ferplus", "ferplus-soft", "mixed")
+# "heads" trains two heads on one trunk: FER2013's label (7 classes, every row) and FER+'s vote distribution.
+Targets = Literal["fer2013", "ferplus", "ferplus-soft", "mixed", "heads"]
+TARGETS: tuple[str, ...] = ("fer2013", "ferplus", "ferplus-soft", "mixed", "heads")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class FaceDataset:
     target: np.ndarray
     class_set: ClassSet
     source_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ferplus_target: np.ndarray | None = None  # (N, 8) FER+ head targets with targets="heads"; zero rows: none
 
     def __len__(self) -> int:
         return len(self.y)
@@ -90,6 +92,35 @@ def ferplus_distribution(votes: np.ndarray, class_set: ClassSet) -> np.ndarray:
     return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
 
 
+def ferplus_head_targets(votes: np.ndarray) -> np.ndarray:
+    """FER+ head targets (N, 8) over FERPLUS_HEAD from the 10 vote columns; all-zero rows have no target.
+
+    microsoft/FERPlus `_process_data` in "crossentropy" mode: single votes dropped, then the top emotions taken
+    in vote order (at most 3) until they hold 75% of the votes; a row whose kept emotions hold no more than half
+    the votes, or where "unknown" or "not a face" wins, gets no target (FER+ leaves it out of training).
+    """
+    out = np.zeros((len(votes), 8), np.float32)
+    for row, raw in enumerate(np.where(votes <= 1, 0, votes).astype(np.float64)):
+        total, kept, taken, count, valid = raw.sum(), np.zeros(10), 0.0, 0, True
+        while taken < 0.75 * total and count < 3 and valid:
+            top = raw.max()
+            for i in range(10):
+                if raw[i] == top:
+                    kept[i], raw[i] = top, 0
+                    taken += top
+                    count += 1
+                    if i >= 8:  # unknown / not-a-face tie with the top: stop there
+                        valid = False
+                        if kept.sum() > top:
+                            kept[i] = 0
+                            count -= 1
+                        break
+        if total == 0 or kept.sum() <= 0.5 * total or count > 3 or kept.argmax() >= 8:
+            continue
+        out[row] = kept[:8] / kept[:8].sum()
+    return out
+
+
 def load_fer(
     fer2013: str | Path,
     split: str,
@@ -115,6 +146,17 @@ def load_fer(
     fer_label = np.array([FER2013_CLASSES[e] for e in frame["emotion"].to_numpy()[rows]])
     fer_y = np.array([class_set.index(c) if c in class_set.classes else -1 for c in fer_label])
 
+    if targets == "heads":
+        if ferplus is None and votes is None:
+            raise ValueError("targets='heads' needs the FER+ vote file")
+        votes = read_ferplus(ferplus) if votes is None else votes
+        if len(votes) != len(frame):
+            raise ValueError(f"FER+ file has {len(votes)} rows, FER2013 file {len(frame)}: they must align")
+        keep = fer_y >= 0
+        plus = ferplus_head_targets(votes[list(FERPLUS_COLUMNS)].to_numpy(np.float64)[rows])[keep]
+        images = np.stack(frame["image"].to_numpy()[rows][keep])
+        return FaceDataset(images, fer_y[keep].astype(np.int64), np.eye(n_classes, dtype=np.float32)[fer_y[keep]],
+                           class_set, rows[keep], plus)
     if targets == "fer2013":
         keep = fer_y >= 0
         y = fer_y

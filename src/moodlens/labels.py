@@ -35,6 +35,9 @@ class ClassSet:
         return [FER2013_CLASSES.index(c) for c in self.classes]
 
 
+# The FER+ head predicts FER+'s eight emotions (contempt included) in vote-file order; "unknown" and "not a face"
+# are not classes: rows where they win get no FER+ target (see moodlens.data.ferplus_head_targets).
+FERPLUS_HEAD = ClassSet("ferplus", ("neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt"))
 FOUR = ClassSet("4", ("angry", "happy", "neutral", "sad"))
 SEVEN = ClassSet("7", FER2013_CLASSES)
 CLASS_SETS: dict[str, ClassSet] = {"4": FOUR, "7": SEVEN}

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from moodlens.data import FaceDataset, load_fer, read_fer2013, read_ferplus
-from moodlens.labels import FER2013_CLASSES, FOUR, SEVEN, class_set
+from moodlens.labels import FER2013_CLASSES, FERPLUS_HEAD, FOUR, SEVEN, class_set
+
+# With targets="heads" the net has these two outputs on one trunk (see model.build_classifier).
+HEADS: dict[str, tuple[str, ...]] = {"fer2013": FER2013_CLASSES, "ferplus": FERPLUS_HEAD.classes}
 
 
 @dataclass
@@ -40,6 +43,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight: str = "none"  # none | sqrt | balanced
     width: int = 32
+    dropout: float = 0.4  # before the logits
+    stage_dropout: float = 0.1  # stage k drops k times this
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum 0.9)
+    ema: float = 0.0  # EMA decay of the weights per step (0: off); probes and best.keras use the EMA weights
     seed: int = 1234
     limit: int | None = None  # train on the first N rows only (smoke tests)
     init_from: str | None = None  # fine-tune from a checkpoint (a 7-class net can start a 4-class run)
@@ -66,6 +73,8 @@ def load_datasets(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset, dict[str,
         return train, val, {}
     frame = read_fer2013(cfg.fer2013)
     votes = read_ferplus(cfg.ferplus) if cfg.ferplus else None
+    if cfg.targets == "heads" and cs != SEVEN:
+        raise ValueError("targets 'heads' trains the 7-class FER2013 head and the FER+ head: use --classes 7")
     train = load_fer(cfg.fer2013, cfg.train_split, cs, targets=cfg.targets, frame=frame, votes=votes)
     val = load_fer(cfg.fer2013, cfg.val_split, cs, targets=cfg.targets, frame=frame, votes=votes)
     probes = {}
@@ -77,7 +86,9 @@ def load_datasets(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset, dict[str,
                 d = load_fer(cfg.fer2013, cfg.val_split, probe_cs, targets="ferplus", frame=frame, votes=votes)
                 probes[f"ferplus_{probe_cs.name}"] = (d.images, d.y)
     if cfg.limit:
-        train = FaceDataset(train.images[: cfg.limit], train.y[: cfg.limit], train.target[: cfg.limit], cs)
+        plus = None if train.ferplus_target is None else train.ferplus_target[: cfg.limit]
+        train = FaceDataset(train.images[: cfg.limit], train.y[: cfg.limit], train.target[: cfg.limit], cs,
+                            ferplus_target=plus)
     return train, val, probes
 
 
@@ -89,6 +100,7 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
 
     images = tf.constant(train.images[..., None], tf.uint8)
     targets = tf.constant(train.target, tf.float32)
+    plus = None if train.ferplus_target is None else tf.constant(train.ferplus_target, tf.float32)
     weights = tf.constant(class_weights(train.y, len(train.class_set), cfg.class_weight))
     n, bs = len(train), cfg.batch_size
     steps = n // bs
@@ -105,6 +117,8 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
         x = augment_batch(x, tf.stack([cfg.seed + 1, e * 100_000 + s]))
         t = tf.gather(targets, idx)
         w = tf.reduce_sum(t * weights, axis=1)
+        if plus is not None:  # rows without a FER+ target are all zeros: no FER+ loss for them
+            return x, {"fer2013": t, "ferplus": tf.gather(plus, idx)}
         return x, t, w
 
     ds = tf.data.Dataset.range(start_epoch, cfg.epochs).flat_map(epoch)
@@ -147,32 +161,67 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...]):
     return model
 
 
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+    import keras
+
+    ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema else {}
+    schedule = lr_schedule(cfg, steps_per_epoch)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay, **ema)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **ema)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
+
+
 def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
     import keras
 
     from moodlens.model import build_classifier
 
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.init_from:
-        model = init_from_checkpoint(cfg.init_from, class_set(cfg.classes).classes)
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+    accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    if cfg.targets == "heads":
+        model = build_classifier({h: len(c) for h, c in HEADS.items()}, width=cfg.width, dropout=cfg.dropout,
+                                 stage_dropout=cfg.stage_dropout)
+        # the FER+ head learns the vote distribution itself: no smoothing on top of it
+        loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
+        metrics = {"fer2013": [accuracy]}
     else:
-        model = build_classifier(n_classes, width=cfg.width)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(lr_schedule(cfg, steps_per_epoch), weight_decay=cfg.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+        model = init_from_checkpoint(cfg.init_from, class_set(cfg.classes).classes) if cfg.init_from else \
+            build_classifier(n_classes, width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout)
+        loss, metrics = smoothed, [accuracy]
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
     return model
 
 
+def swap_ema_weights(model) -> None:
+    """Exchange the model's trainable weights with the optimizer's moving averages (call twice to undo)."""
+    averages = getattr(model.optimizer, "_model_variables_moving_average", None)
+    if not averages:
+        return
+    for var, avg in zip(model.trainable_variables, averages, strict=True):
+        current = var.numpy()
+        var.assign(avg)
+        avg.assign(current)
+
+
 def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> dict:
-    """Accuracy on each FER probe, restricting the model's output to the probe's classes."""
+    """Accuracy on each FER probe, restricting the model's output to the probe's classes.
+
+    A two-head net is probed through both heads: `val_<probe>_acc` from the head of the probe's own labels
+    (FER2013 or FER+), `val_<probe>_via_<head>_acc` from the other one.
+    """
     out = {}
     for name, (images, y) in probes.items():
         probe_classes = FOUR.classes if name.endswith("_4") else FER2013_CLASSES
-        cols = [classes.index(c) for c in probe_classes]
         logits = model.predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
-        out[f"val_{name}_acc"] = float((logits[:, cols].argmax(1) == y).mean())
+        outputs = logits if isinstance(logits, dict) else {None: logits}
+        for head, head_logits in outputs.items():
+            head_classes = classes if head is None else HEADS[head]
+            cols = [head_classes.index(c) for c in probe_classes]
+            key = f"val_{name}_acc" if head in (None, name.split("_")[0]) else f"val_{name}_via_{head}_acc"
+            out[key] = float((head_logits[:, cols].argmax(1) == y).mean())
     return out
 
 
@@ -221,6 +270,7 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
                     gen.state.assign(np.array([cfg.seed + i, epoch * 10_000_000], dtype=gen.state.dtype))
 
         def on_epoch_end(self, epoch, logs=None):
+            swap_ema_weights(self.model)  # probe and keep the averaged weights (no-op without EMA)
             logs.update(probe_accuracy(self.model, probes, classes))
             logs["lr"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
@@ -229,6 +279,7 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
             if score > self.best:
                 self.best = score
                 self.model.save(run / "best.keras")
+            swap_ema_weights(self.model)
             self.model.save(run / "last.tmp.keras")
             os.replace(run / "last.tmp.keras", run / "last.keras")
             (run / "state.json").write_text(json.dumps(
@@ -290,8 +341,9 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
         model = build_and_compile(cfg, len(train_set.class_set), steps)
     if start >= cfg.epochs:
         return run
-    val = (val_set.images[..., None].astype(np.float32),
-           np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
+    # a two-head run is validated by its probes (both heads, both label sets) alone
+    val = None if cfg.targets == "heads" else (val_set.images[..., None].astype(np.float32),
+                                               np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     model.fit(stream, epochs=end, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
               callbacks=make_callbacks(cfg, run, probes, train_set.class_set.classes, best), verbose=verbose)

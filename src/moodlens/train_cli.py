@@ -20,10 +20,20 @@ from moodlens.data import TARGETS
 @click.option("--shards", help="Parquet face-crop shards from `moodlens spark-prepare` (path or s3:// URL).")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="7", show_default=True)
 @click.option("--targets", type=click.Choice(TARGETS), default="mixed", show_default=True,
-              help="FER2013 labels, FER+ majority, FER+ vote distribution, or a 50/50 mix of FER2013 and FER+.")
+              help="FER2013 labels, FER+ majority, FER+ vote distribution, a 50/50 mix of FER2013 and FER+, or "
+                   "'heads': a FER2013 head and a FER+ head on one trunk (needs --ferplus and --classes 7).")
 @click.option("--epochs", type=int, help="Epochs in the run [default: 36]; with --resume, a new length.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
+              help="AdamW, or SGD with Nesterov momentum 0.9.")
+@click.option("--lr", type=float, help="Peak learning rate [default: 2e-3 for adamw, 0.01 for sgd].")
+@click.option("--weight-decay", type=float, help="Decoupled weight decay [default: 1e-4 for adamw, 5e-4 for sgd].")
+@click.option("--ema", type=float, default=0.0, show_default=True,
+              help="Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); "
+                   "validation and best.keras use it.")
+@click.option("--dropout", type=float, default=0.4, show_default=True, help="Dropout before the logits.")
+@click.option("--stage-dropout", type=float, default=0.1, show_default=True,
+              help="Dropout after conv stage k is k times this.")
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option("--warmup-epochs", type=int, default=2, show_default=True)
 @click.option("--class-weight", type=click.Choice(["none", "sqrt", "balanced"]), default="none", show_default=True)
@@ -34,16 +44,19 @@ from moodlens.data import TARGETS
               help="Start from this checkpoint (e.g. fine-tune a 7-class run into a 4-class model).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 @click.option("--stop-after", type=int, help="Stop after this many epochs in this call (resume later).")
-def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, lr, label_smoothing,
-                  warmup_epochs, class_weight, width, seed, limit, init_from, resume, stop_after) -> None:
+def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, optimizer, lr,
+                  weight_decay, ema, dropout, stage_dropout, label_smoothing, warmup_epochs, class_weight, width,
+                  seed, limit, init_from, resume, stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
     from moodlens.train import TrainConfig, train
 
     if not resume and not (fer2013 or shards):
         raise click.UsageError("give --fer2013 (and optionally --ferplus) or --shards")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
-                      targets=targets, epochs=epochs or 36, batch_size=batch_size, lr=lr,
-                      label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, class_weight=class_weight,
+                      targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
+                      lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
+                      weight_decay=weight_decay or (5e-4 if optimizer == "sgd" else 1e-4), ema=ema,
+                      dropout=dropout, stage_dropout=stage_dropout, label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, class_weight=class_weight,
                       width=width, seed=seed, limit=limit, init_from=init_from)
     try:
         run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
