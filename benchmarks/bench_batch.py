@@ -38,8 +38,8 @@ def per_image_outside(root: Path, sample: int) -> float:
     """Milliseconds per image for read + analyze in this process (one thread), after a warm-up image."""
     import cv2
 
-    from moodlens import storage
-    from moodlens.batch import analyze_one, make_analyzer
+    from moodlens.jobs import storage
+    from moodlens.jobs.batch import analyze_one, make_analyzer
 
     cv2.setNumThreads(1)
     analyzer = make_analyzer()
@@ -58,8 +58,8 @@ def per_image_outside(root: Path, sample: int) -> float:
 @click.option("--partitions", default=None, type=int, help="Spark partitions (default: 4 per core).")
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Generate into / reuse this folder.")
 def main(n: int, workers: int, master: str, partitions: int | None, keep: str | None) -> None:
-    from moodlens.batch import run_batch
-    from moodlens.spark import run_spark_batch, spark_session
+    from moodlens.jobs.batch import run_batch
+    from moodlens.jobs.spark import run_spark_batch, spark_session
 
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="moodlens-bench-"))
     photos = work / "photos"

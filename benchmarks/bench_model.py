@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 
-from moodlens.classify import ExpressionClassifier, ms_per_face, shipped_model_path
+from moodlens.engine.classify import ExpressionClassifier, ms_per_face, shipped_model_path
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ def main(checkpoint: str) -> None:
     import keras
     import onnxruntime as ort
 
-    from moodlens.classify import ExpressionClassifier
-    from moodlens.export import export_tflite, inference_model
+    from moodlens.engine.classify import ExpressionClassifier
+    from moodlens.training.export import export_tflite, inference_model
 
     model = keras.models.load_model(checkpoint, compile=False)
     cols = list(range(model.output_shape[-1]))

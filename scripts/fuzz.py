@@ -33,8 +33,8 @@ def hypothesis_decoder(seconds: float) -> int:
     from hypothesis import HealthCheck, given, settings
 
     from fuzz_strategies import any_image_bytes
-    from moodlens.decode import decode_image
-    from moodlens.errors import ImageError
+    from moodlens.engine.decode import decode_image
+    from moodlens.engine.errors import ImageError
 
     count = 0
 
@@ -92,8 +92,8 @@ def atheris_child(seconds: int, corpus: Path, artifacts: Path) -> None:
     with atheris.instrument_imports():
         import PIL.Image  # noqa: F401  (Pillow's Python-level parsers get coverage feedback)
 
-        from moodlens.decode import decode_image
-        from moodlens.errors import ImageError
+        from moodlens.engine.decode import decode_image
+        from moodlens.engine.errors import ImageError
 
     def one_input(data: bytes) -> None:
         try:

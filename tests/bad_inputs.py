@@ -98,7 +98,7 @@ def heic_with_extent(rgb: np.ndarray, width: int, height: int) -> bytes:
     A 48x48 HEIC is coded as 64x64 and cropped back by a `clap` box, so its header shows 48x48 whatever `ispe`
     says; found by scripts/fuzz.py (libheif refused the decode with a RuntimeError, which was a 500).
     """
-    import moodlens.decode  # noqa: F401  (registers the HEIF plugin)
+    import moodlens.engine.decode  # noqa: F401  (registers the HEIF plugin)
 
     data = bytearray(save(Image.fromarray(rgb), "HEIF", quality=50))
     at = data.index(b"ispe") + 8  # box type, then version/flags (4 bytes), then width and height

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.labels import FERPLUS_COLUMNS
+from moodlens.training.labels import FERPLUS_COLUMNS
 
 
 def synthetic_faces(labels: np.ndarray, seed: int = 0) -> np.ndarray:

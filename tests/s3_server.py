@@ -210,7 +210,7 @@ def photo_set_batch(photo_set, tmp_path_factory):
     """`moodlens batch` output for the whole photo set (2 workers), as a pyarrow Table."""
     import pyarrow.parquet as pq
 
-    from moodlens.batch import run_batch
+    from moodlens.jobs.batch import run_batch
 
     dest = tmp_path_factory.mktemp("batch") / "photos.parquet"
     run_batch(str(photo_set), str(dest), workers=2, progress=False)

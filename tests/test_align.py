@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from moodlens.align import align_face, crop_transform, eye_angle
-from moodlens.detect import Detection, FaceDetector
+from moodlens.engine.align import align_face, crop_transform, eye_angle
+from moodlens.engine.detect import Detection, FaceDetector
 
 pytest.importorskip("skimage")
 

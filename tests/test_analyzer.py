@@ -16,11 +16,11 @@ from PIL import Image
 
 from conftest import ASTRONAUT_FACE, encode
 from moodlens import AnalysisResult, Analyzer
-from moodlens.classify import shipped_model_path
-from moodlens.detect import iou
-from moodlens.errors import ModelError, NotAnImageError, TruncatedImageError
-from moodlens.faces import face_crops_from_file
-from moodlens.render import draw_faces, encode_jpeg, encode_png, label_text
+from moodlens.engine.classify import shipped_model_path
+from moodlens.engine.detect import iou
+from moodlens.engine.errors import ModelError, NotAnImageError, TruncatedImageError
+from moodlens.engine.faces import face_crops_from_file
+from moodlens.engine.render import draw_faces, encode_jpeg, encode_png, label_text
 
 pytest.importorskip("skimage")
 
@@ -111,8 +111,8 @@ def test_analyze_faces_matches_analyze(analyzer, astronaut_rgb):
 
 
 def aligned_crops(rgb: np.ndarray) -> np.ndarray:
-    from moodlens.align import align_face
-    from moodlens.detect import FaceDetector
+    from moodlens.engine.align import align_face
+    from moodlens.engine.detect import FaceDetector
 
     return np.stack([align_face(rgb, d) for d in FaceDetector().detect(rgb)])
 
@@ -175,6 +175,6 @@ def test_face_crops_from_file(tmp_path, astronaut_jpeg_bytes, caplog):
     assert len(crops) == 1 and crops[0].shape == (48, 48) and crops[0].dtype == np.uint8
     whole = face_crops_from_file(tmp_path / "a.jpg", detect_faces=False)
     assert len(whole) == 1 and whole[0].shape == (48, 48)
-    with caplog.at_level(logging.WARNING, logger="moodlens.faces"):
+    with caplog.at_level(logging.WARNING, logger="moodlens.engine.faces"):
         assert face_crops_from_file(tmp_path / "bad.jpg") == []
     assert "bad.jpg" in caplog.text

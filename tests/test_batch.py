@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from moodlens import storage
-from moodlens.batch import output_columns, parts_dir, run_batch
 from moodlens.cli import main
+from moodlens.jobs import storage
+from moodlens.jobs.batch import output_columns, parts_dir, run_batch
 
 # s3_server is a pytest plugin (session fixtures, assertion rewriting): its helpers are imported inside the
 # tests, after pytest has loaded it, not at the top.

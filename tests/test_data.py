@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from fer_fixtures import synthetic_faces, write_fer_csv, write_ferplus_csv
-from moodlens.data import ferplus_majority, load_fer, load_image_folder, read_fer2013, split_names
-from moodlens.labels import FERPLUS_COLUMNS, FOUR, SEVEN, class_set
+from moodlens.training.data import ferplus_majority, load_fer, load_image_folder, read_fer2013, split_names
+from moodlens.training.labels import FERPLUS_COLUMNS, FOUR, SEVEN, class_set
 
 
 def votes(**named: int) -> list[int]:

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import encode
-from moodlens.decode import decode_image
-from moodlens.errors import (
+from moodlens.engine.decode import decode_image
+from moodlens.engine.errors import (
     ImageError,
     ImageTooLargeError,
     ImageTooSmallError,

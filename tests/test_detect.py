@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ASTRONAUT_FACE, compose_faces
-from moodlens.detect import Detection, FaceDetector, iou, ssd_anchors, weighted_nms
+from moodlens.engine.detect import Detection, FaceDetector, iou, ssd_anchors, weighted_nms
 
 pytest.importorskip("skimage")
 

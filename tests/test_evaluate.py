@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from fer_fixtures import make_fer_pair
 from moodlens.cli import main
-from moodlens.evaluate import metrics_block, restrict
-from moodlens.labels import FOUR, SEVEN
+from moodlens.training.evaluate import metrics_block, restrict
+from moodlens.training.labels import FOUR, SEVEN
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FER2013 = SHARED / "fer2013" / "fer2013.csv.gz"
@@ -47,7 +47,7 @@ def test_restrict_picks_the_four_columns_in_order():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     pytest.importorskip("tensorflow")
-    from moodlens.train import TrainConfig, train
+    from moodlens.training.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("eval")
     fer, plus = make_fer_pair(tmp, split="HiddenTest")
@@ -74,7 +74,7 @@ def test_four_classes_on_a_seven_class_file_leaves_other_rows_out(tiny_checkpoin
     result = json.loads(out.output)
     check_block(result, FOUR.classes)
     assert "ferplus" not in result
-    from moodlens.data import read_fer2013
+    from moodlens.training.data import read_fer2013
 
     frame = read_fer2013(fer)
     hidden = frame[frame["Usage"] == "HiddenTest"]
@@ -101,7 +101,7 @@ def test_unknown_split_is_a_clear_error(tiny_checkpoint):
 @pytest.mark.skipif(not FER2013.exists(), reason="needs ../shared/data (FER2013)")
 @pytest.mark.parametrize("classes", ["4", "7"])
 def test_shipped_model_keeps_its_publictest_accuracy(classes):
-    from moodlens.evaluate import evaluate
+    from moodlens.training.evaluate import evaluate
 
     card = json.loads((MODELS / f"expression-{classes}.json").read_text())
     result = evaluate(FER2013, "PublicTest", classes, FERPLUS if FERPLUS.exists() else None)

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from moodlens import Analyzer
-from moodlens.classify import shipped_model_path
-from moodlens.errors import ModelError
+from moodlens.engine.classify import shipped_model_path
+from moodlens.engine.errors import ModelError
 
 BAD_MODELS = ["truncated", "random", "empty", "text", "wrong-network", "bad-card", "missing"]
 

@@ -1,7 +1,7 @@
 """Property-based and fuzz tests, bounded to a few seconds each (scripts/fuzz.py runs the same for longer).
 
 - The decoder, fed arbitrary bytes, bytes behind a real format's magic number, and mutated valid images of every
-  format, raises nothing but moodlens.errors.ImageError subclasses.
+  format, raises nothing but moodlens.engine.errors.ImageError subclasses.
 - The API, fed arbitrary bodies, Content-Types and query strings, raw or in multipart, never answers 5xx, and
   every 4xx is a complete problem+json.
 - schemathesis, from /api/v1/openapi.json, generates valid and invalid requests for every operation and checks
@@ -22,8 +22,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from bad_inputs import multipart  # noqa: E402
 from fuzz_strategies import any_image_bytes, content_types, query_strings  # noqa: E402
-from moodlens.decode import decode_image  # noqa: E402
-from moodlens.errors import ImageError  # noqa: E402
+from moodlens.engine.decode import decode_image  # noqa: E402
+from moodlens.engine.errors import ImageError  # noqa: E402
 from moodlens.web import create_app  # noqa: E402
 
 FAST = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -165,7 +165,7 @@ def test_cli_analyze_reports_each_bad_file_and_completes(corpus, workers):
 
 def test_batch_gives_an_error_row_per_bad_image(corpus, tmp_path):
     pytest.importorskip("pyarrow")
-    from moodlens.batch import run_batch
+    from moodlens.jobs.batch import run_batch
 
     folder, cases = corpus
     out = tmp_path / "out.jsonl"

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from bad_inputs import image_case, multipart
-from moodlens import storage
+from moodlens.jobs import storage
 from moodlens.web import create_app
 
 pytest.importorskip("skimage")

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from moodlens.cli import main
-from moodlens.labels import FOUR
-from moodlens.shards import in_validation, load_shards, read_shards, split_photos
+from moodlens.jobs.shards import in_validation, load_shards, read_shards, split_photos
+from moodlens.training.labels import FOUR
 
 # s3_server is a pytest plugin (session fixtures, assertion rewriting): its helpers are imported inside the
 # tests, after pytest has loaded it, not at the top.
@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow,
 def spark(request):
     """A local[2] session. Python workers inherit the environment at start-up, so the S3 credentials are set
     before it starts (when the Ceph server can run)."""
-    from moodlens.spark import spark_session
+    from moodlens.jobs.spark import spark_session
     from s3_server import ceph_available
 
     saved = dict(os.environ)
@@ -51,7 +51,7 @@ def _read(path):
 
 
 def test_spark_batch_equals_batch_on_disk(spark, photo_set, photo_set_batch, tmp_path):
-    from moodlens.spark import run_spark_batch
+    from moodlens.jobs.spark import run_spark_batch
     from s3_server import assert_same_rows
 
     s = run_spark_batch(spark, str(photo_set), str(tmp_path / "out"), partitions=6)
@@ -76,7 +76,7 @@ def test_spark_batch_binaryfile_reader_and_cli(spark, photo_set, photo_set_batch
 
 
 def test_spark_batch_s3_to_s3(spark, photo_set, photo_set_batch, s3_env):
-    from moodlens.spark import run_spark_batch
+    from moodlens.jobs.spark import run_spark_batch
     from s3_server import assert_same_rows, upload_tree
 
     bucket = s3_env.new_bucket()
@@ -104,8 +104,8 @@ def _labelled_tree(root, photo_set):
 
 
 def test_spark_prepare_shards_load_for_training(spark, photo_set, tmp_path):
-    from moodlens.data import load_image_folder
-    from moodlens.spark import run_spark_prepare
+    from moodlens.jobs.spark import run_spark_prepare
+    from moodlens.training.data import load_image_folder
 
     src = tmp_path / "labelled"
     _labelled_tree(src, photo_set)
@@ -132,7 +132,7 @@ def test_spark_prepare_shards_load_for_training(spark, photo_set, tmp_path):
 
 
 def test_spark_prepare_s3_and_load_shards_from_s3(spark, photo_set, s3_env, tmp_path):
-    from moodlens.spark import run_spark_prepare
+    from moodlens.jobs.spark import run_spark_prepare
     from s3_server import upload_tree
 
     _labelled_tree(tmp_path / "labelled", photo_set)
@@ -150,7 +150,7 @@ def test_spark_submit_runs_the_module(photo_set, tmp_path):
         pytest.skip("spark-submit not on the venv's PATH")
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
-    module = os.path.join(os.path.dirname(__file__), "..", "src", "moodlens", "spark.py")
+    module = os.path.join(os.path.dirname(__file__), "..", "src", "moodlens", "cli", "jobs.py")
     proc = subprocess.run([spark_submit, "--master", "local[1]", "--conf", "spark.ui.enabled=false", module,
                            "batch", str(photo_set / "broken"), str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=180)
@@ -164,7 +164,7 @@ def test_load_shards_guards(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from moodlens.shards import shard_schema
+    from moodlens.jobs.shards import shard_schema
 
     def write(name, rows):
         (tmp_path / "s").mkdir(exist_ok=True)

@@ -9,9 +9,9 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from moodlens import storage
 from moodlens.cli import main
-from moodlens.storage import StorageUnavailableError, UnsafePathError
+from moodlens.jobs import storage
+from moodlens.jobs.storage import StorageUnavailableError, UnsafePathError
 
 pytest_plugins = ["s3_server"]
 
@@ -108,7 +108,7 @@ def test_s3_down_retries_then_clear_error(monkeypatch, caplog):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv(storage.RETRIES_ENV, "3")
     monkeypatch.setenv(storage.BACKOFF_ENV, "0.01")
-    with caplog.at_level(logging.WARNING, logger="moodlens.storage"):
+    with caplog.at_level(logging.WARNING, logger="moodlens.jobs.storage"):
         with pytest.raises(StorageUnavailableError, match=rf"reading s3://b/k.jpg: could not reach {endpoint} "
                                                            r"after 3 attempts"):
             storage.read_bytes("s3://b/k.jpg", endpoint=endpoint)

@@ -12,8 +12,8 @@ from fer_fixtures import make_fer_pair
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from moodlens.classify import ExpressionClassifier  # noqa: E402
-from moodlens.train import TrainConfig, train  # noqa: E402
+from moodlens.engine.classify import ExpressionClassifier  # noqa: E402
+from moodlens.training.train import TrainConfig, train  # noqa: E402
 
 
 def small_config(tmp_path, run: str, epochs: int = 1, classes_override: str = "7", **kw) -> TrainConfig:
@@ -52,8 +52,8 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.parametrize(("quantize", "tolerance"), [("none", 1e-5), ("dynamic", 0.05)])
 def test_export_round_trip_matches_keras(tmp_path, quantize, tolerance):
-    from moodlens.export import columns_for, export_tflite
-    from moodlens.labels import FOUR, SEVEN
+    from moodlens.training.export import columns_for, export_tflite
+    from moodlens.training.labels import FOUR, SEVEN
 
     run = train(small_config(tmp_path, "run"), verbose=0)
     model = keras.models.load_model(run / "best.keras")
@@ -78,8 +78,8 @@ def test_resume_can_change_the_run_length(tmp_path):
 
 
 def test_init_from_a_seven_class_run_starts_a_four_class_run_where_it_left_off(tmp_path):
-    from moodlens.labels import FOUR, SEVEN
-    from moodlens.train import init_from_checkpoint
+    from moodlens.training.labels import FOUR, SEVEN
+    from moodlens.training.train import init_from_checkpoint
 
     seven = train(small_config(tmp_path, "seven"), verbose=0) / "best.keras"
     four = init_from_checkpoint(str(seven), FOUR.classes)
@@ -98,8 +98,8 @@ def test_trains_from_parquet_face_shards(tmp_path):
 
     from fer_fixtures import synthetic_faces
     from moodlens.cli import main
-    from moodlens.labels import FOUR
-    from moodlens.shards import shard_schema
+    from moodlens.jobs.shards import shard_schema
+    from moodlens.training.labels import FOUR
 
     labels = np.random.default_rng(2).integers(0, 4, 160)
     faces = synthetic_faces(labels)

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from moodlens.modelcard import DATA_TERMS, INTENDED_USE, LIMITATIONS
+from moodlens.models import DATA_TERMS, INTENDED_USE, LIMITATIONS
 from moodlens.web.engines import CLASS_SETS, analyzers
 from moodlens.web.problems import PROBLEM_TYPES
 

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, json, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from moodlens.errors import (
+from moodlens.engine.errors import (
     ImageError,
     ImageTooLargeError,
     ImageTooSmallError,

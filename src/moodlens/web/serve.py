@@ -1,4 +1,4 @@
-"""`moodlens serve`: the website and API under gunicorn, with the models loaded once in the master.
+"""The website and API under gunicorn (`moodlens serve` is in moodlens.cli.serve), models loaded once in the master.
 
 The app (and so every model) is created before gunicorn forks its workers; the workers share those pages of
 memory copy-on-write instead of each loading its own copy, and a broken model stops the server at start-up.
@@ -9,11 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import click
 from gunicorn.app.base import BaseApplication
-
-from moodlens.errors import MoodlensError
-from moodlens.web.engines import CLASS_SETS
 
 
 class StandaloneApplication(BaseApplication):
@@ -62,61 +58,3 @@ def gunicorn_options(
         # gunicorn >= 25 opens a control socket at one fixed path per user; two servers would fight over it.
         "control_socket_disable": True,
     }
-
-
-@click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
-              help="Worker processes.  [default: one per CPU, at most 4]")
-@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Threads per worker (more than 1: gthread workers).")
-@click.option("--classes", type=click.Choice(CLASS_SETS), default="4", show_default=True,
-              help="Class set used when a request does not choose one.")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A .tflite expression model to use instead of the shipped one (for --classes).")
-@click.option("--detector", type=click.Choice(["auto", "short", "full"]), default="auto", show_default=True,
-              help="Face detector: short range (selfies, webcams), full range (smaller faces) or both.")
-@click.option("--max-upload-mb", type=click.FloatRange(0.1, 100), default=16, show_default=True,
-              help="Largest upload; bigger bodies get 413 before they are read.")
-@click.option("--rate-limit", type=click.FloatRange(0), default=20, show_default=True,
-              help="API requests per second per client, per worker (0: no limit).")
-@click.option("--burst", type=click.IntRange(1), default=40, show_default=True,
-              help="Requests a client may send at once before --rate-limit applies.")
-@click.option("--proxies", type=click.IntRange(0, 8), default=0, show_default=True,
-              help="Reverse proxies in front whose X-Forwarded-For/-Proto/-Host to trust.")
-@click.option("--timeout", type=click.IntRange(5), default=60, show_default=True,
-              help="Seconds a worker may spend on one request before it is restarted.")
-@click.option("--body-timeout", type=click.FloatRange(0), default=60, show_default=True,
-              help="Seconds a request body may take to arrive; slower clients get 408 (0: no limit).")
-@click.option("--access-log/--no-access-log", default=False, show_default=True)
-def serve_command(
-    host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
-    detector: str, max_upload_mb: float, rate_limit: float, burst: int, proxies: int, timeout: int,
-    body_timeout: float, access_log: bool,
-) -> None:
-    """Serve the website (photos, webcam, model card) and the JSON API."""
-    from moodlens.web import create_app
-
-    config = {
-        "MOODLENS_CLASSES": classes,
-        "MOODLENS_MODEL_PATH": model_path,
-        "MOODLENS_DETECTOR": detector,
-        # Both class sets load now, in the master, so every worker shares them and none loads on a request.
-        "MOODLENS_PRELOAD": CLASS_SETS if model_path is None else (classes,),
-        "MOODLENS_RATE_LIMIT": rate_limit,
-        "MOODLENS_RATE_BURST": burst,
-        "MOODLENS_PROXIES": proxies,
-        "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
-        "MOODLENS_BODY_TIMEOUT": body_timeout,
-    }
-    try:
-        app = create_app(config)
-    except (MoodlensError, OSError, ValueError) as exc:  # a missing or broken model: say so, no traceback
-        raise click.ClickException(f"could not start: {exc}") from exc
-    workers = workers or default_workers()
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(f"moodlens: http://{shown}:{port}/  ({workers} worker{'s' if workers > 1 else ''} x {threads} "
-               f"thread{'s' if threads > 1 else ''}, "
-               f"default classes {classes}; Ctrl+C stops)", err=True)
-    StandaloneApplication(app, gunicorn_options(host, port, workers, threads, timeout, access_log)).run()

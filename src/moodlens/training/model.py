@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from moodlens.data import FACE_SIZE
+from moodlens.training.data import FACE_SIZE
 
 
 def conv_block(x, filters: int, dropout: float, name: str):

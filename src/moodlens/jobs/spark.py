@@ -9,7 +9,7 @@ Output is Parquet with the same schema as `moodlens batch` (a folder of part fil
 written by the tasks through fsspec (one atomic PUT per partition); anything else (local, hdfs://, s3a://)
 by Spark's own writer.
 
-Also runnable without the moodlens CLI:  spark-submit src/moodlens/spark.py batch|prepare SRC DEST [OPTIONS]
+Also runnable without the moodlens CLI:  spark-submit src/moodlens/cli/jobs.py batch|prepare SRC DEST [OPTIONS]
 (then --master defaults to spark-submit's own).
 """
 
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import click
 
-from moodlens import batch, storage
-from moodlens.batch import s3_endpoint_option
-from moodlens.data import IMAGE_SUFFIXES
+from moodlens.engine.decode import IMAGE_SUFFIXES
+from moodlens.jobs import batch, storage
 
 # pyspark 4.3 warns on pandas >= 3; the features used here (mapInPandas with Arrow) are tested with it.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -80,7 +79,7 @@ def spark_session(master: str | None = None, app_name: str = "moodlens", conf: d
     return spark
 
 
-def _parse_conf(items: tuple[str, ...]) -> dict[str, str]:
+def parse_conf(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -164,7 +163,7 @@ def _analysis_rows(path: str, data: bytes | None, label, *, classes: str, model_
 
 
 def _prepare_rows(path: str, data: bytes | None, label, *, endpoint: str | None) -> list[dict]:
-    from moodlens.shards import face_crop_rows
+    from moodlens.jobs.shards import face_crop_rows
 
     return face_crop_rows(path, label, data, endpoint)
 
@@ -279,7 +278,7 @@ def run_spark_prepare(spark, src: str, dest: str, partitions: int | None = None,
                       write_with: str = "auto", limit: int | None = None, endpoint: str | None = None,
                       ) -> SparkSummary:
     """Labelled photos SRC/<label>/* -> aligned 48x48 face crops in Parquet shards under DEST."""
-    from moodlens.shards import shard_schema
+    from moodlens.jobs.shards import shard_schema
 
     endpoint = storage.resolve_endpoint(endpoint)
     df = _paths_frame(spark, src, read_with, partitions or default_partitions(spark), limit, endpoint,
@@ -289,108 +288,3 @@ def run_spark_prepare(spark, src: str, dest: str, partitions: int | None = None,
 
 
 # ------------------------------------------------------------------------------------------------ commands
-
-
-def _spark_options(f):
-    options = [
-        click.option("--master", default=None,
-                     help=f"Spark master: {DEFAULT_LOCAL_MASTER} (default), local[*], yarn, k8s://..., "
-                          "spark://...; under spark-submit its own."),
-        click.option("--partitions", type=click.IntRange(1), default=None,
-                     help="Partitions of the input list (default: 4 per core)."),
-        click.option("--read-with", type=click.Choice(READ_WITH), default="fsspec", show_default=True,
-                     help="fsspec: tasks fetch each file (works anywhere); binaryFile: Spark reads the files "
-                          "(cluster with hadoop-aws: use s3a:// URLs)."),
-        click.option("--write-with", type=click.Choice(WRITE_WITH), default="auto", show_default=True,
-                     help="auto: fsspec for s3:// destinations, Spark's writer otherwise."),
-        click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images (sorted)."),
-        click.option("--conf", "conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark setting (repeatable)."),
-        s3_endpoint_option,
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _task_storage_error(message: str) -> str | None:
-    """The message of a StorageError raised inside a Spark task, if that is what failed the job."""
-    for line in reversed(message.splitlines()):
-        for name in ("StorageUnavailableError: ", "UnsafePathError: ", "StorageError: "):
-            if name in line:
-                return line.split(name, 1)[1].strip()
-    return None
-
-
-def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Callable[[object], SparkSummary]):
-    from pyspark.sql import SparkSession
-
-    had_session = SparkSession.getActiveSession() is not None
-    spark = spark_session(master, app, _parse_conf(conf))
-    try:
-        s = run(spark)
-    except storage.StorageError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # listing or writing on the driver
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:
-        # a task's StorageError reaches the driver as a Python traceback inside a Spark exception
-        reason = _task_storage_error(str(exc))
-        if reason is None:
-            raise
-        raise click.ClickException(reason) from exc
-    finally:
-        if not had_session:
-            spark.stop()
-    per_image = f", {1000 * s.task_seconds / s.images:.1f} ms per image in tasks" if s.images else ""
-    click.echo(f"{s.images} images, {s.faces} faces, {s.errors} errors -> {s.dest} "
-               f"({s.seconds:.1f} s, {s.images_per_second:.1f} images/s{per_image})", err=True)
-
-
-@click.command("spark-batch")
-@click.argument("src")
-@click.argument("dest")
-@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
-@click.option("--model", "model_path", default=None, help="A .tflite expression model instead of the shipped one.")
-@_spark_options
-def spark_batch_command(src, dest, classes, model_path, master, partitions, read_with, write_with, limit, conf,
-                        s3_endpoint) -> None:
-    """`moodlens batch` on Apache Spark: images under SRC -> Parquet folder DEST, one row per face.
-
-    SRC: a folder, S3 prefix or .txt list; DEST: a local folder, s3:// (written via fsspec), s3a:// or hdfs://.
-    """
-    _with_session(master, conf, "moodlens-batch", lambda spark: run_spark_batch(
-        spark, src, dest, classes=classes, model_path=model_path, partitions=partitions, read_with=read_with,
-        write_with=write_with, limit=limit, endpoint=s3_endpoint))
-
-
-@click.command("spark-prepare")
-@click.argument("src")
-@click.argument("dest")
-@_spark_options
-def spark_prepare_command(src, dest, master, partitions, read_with, write_with, limit, conf, s3_endpoint) -> None:
-    """Labelled photos SRC/<label>/*.jpg -> aligned 48x48 face crops as Parquet shards under DEST.
-
-    Columns: path, face_index, label, pixels (2304 bytes, row-major grayscale), width, height. Train on them
-    with `moodlens train --shards DEST`.
-    """
-    _with_session(master, conf, "moodlens-prepare", lambda spark: run_spark_prepare(
-        spark, src, dest, partitions=partitions, read_with=read_with, write_with=write_with, limit=limit,
-        endpoint=s3_endpoint))
-
-
-@click.group()
-def _submit_main() -> None:
-    """spark-submit entry point: `batch` or `prepare`."""
-
-
-if __name__ == "__main__":
-    # Run the commands from the imported module, not __main__, so Spark pickles the task functions by
-    # reference (workers import moodlens.spark and keep its model cache between tasks). The script's own
-    # folder leaves sys.path so `spark`, `data`, ... are not importable as top-level modules.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    from moodlens import spark as _module
-
-    _submit_main.add_command(_module.spark_batch_command, "batch")
-    _submit_main.add_command(_module.spark_prepare_command, "prepare")
-    _submit_main()

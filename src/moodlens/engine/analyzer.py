@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.align import align_face
-from moodlens.classify import ExpressionClassifier
-from moodlens.data import FACE_SIZE
-from moodlens.decode import MAX_BYTES, MAX_PIXELS, ImageInput, decode_image
-from moodlens.detect import Detection, FaceDetector
-from moodlens.explain import occlusion_heatmaps
-from moodlens.result import AnalysisResult, Face, FaceBox
+from moodlens.engine.align import FACE_SIZE, align_face
+from moodlens.engine.classify import ExpressionClassifier
+from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, decode_image
+from moodlens.engine.detect import Detection, FaceDetector
+from moodlens.engine.explain import occlusion_heatmaps
+from moodlens.engine.result import AnalysisResult, Face, FaceBox
 
 DEFAULT_UNCERTAIN_BELOW = 0.5
 
@@ -65,7 +64,7 @@ class Analyzer:
     def analyze(self, data: ImageInput, explain: bool = False) -> AnalysisResult:
         """All faces in `data` (image bytes, a file path, or an RGB uint8 array), best detector score first.
 
-        Raises the typed errors of `moodlens.decode.decode_image` for inputs that are not usable images.
+        Raises the typed errors of `moodlens.engine.decode.decode_image` for inputs that are not usable images.
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moodlens.engine.classify import CLASSES
+
 # FER2013 `emotion` codes, in code order.
-FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FER2013_CLASSES: tuple[str, ...] = CLASSES["7"]
 
 # FER+ vote columns, in file order, mapped to our class names (None: not an emotion).
 FERPLUS_COLUMNS: tuple[str, ...] = (
@@ -36,9 +38,9 @@ class ClassSet:
 
 
 # The FER+ head predicts FER+'s eight emotions (contempt included) in vote-file order; "unknown" and "not a face"
-# are not classes: rows where they win get no FER+ target (see moodlens.data.ferplus_head_targets).
+# are not classes: rows where they win get no FER+ target (see moodlens.training.data.ferplus_head_targets).
 FERPLUS_HEAD = ClassSet("ferplus", ("neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt"))
-FOUR = ClassSet("4", ("angry", "happy", "neutral", "sad"))
+FOUR = ClassSet("4", CLASSES["4"])
 SEVEN = ClassSet("7", FER2013_CLASSES)
 CLASS_SETS: dict[str, ClassSet] = {"4": FOUR, "7": SEVEN}
 

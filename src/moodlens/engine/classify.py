@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.data import FACE_SIZE
-from moodlens.errors import ModelError
+from moodlens.engine.align import FACE_SIZE
+from moodlens.engine.errors import ModelError
+
+# Class names of the shipped models, by class set. "7" is FER2013's emotion-code order (the training data's);
+# "4" the four expressions the default model reads.
+CLASSES: dict[str, tuple[str, ...]] = {
+    "4": ("angry", "happy", "neutral", "sad"),
+    "7": ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
+}
 
 
 def shipped_model_path(classes: str | int = "4") -> Path:
@@ -49,9 +56,7 @@ class ExpressionClassifier:
 
     @staticmethod
     def _default_classes(n: int) -> tuple[str, ...]:
-        from moodlens.labels import FOUR, SEVEN
-
-        return {4: FOUR.classes, 7: SEVEN.classes}.get(n) or tuple(f"class{i}" for i in range(n))
+        return CLASSES.get(str(n)) or tuple(f"class{i}" for i in range(n))
 
     def _read_card(self) -> dict:
         card = self.path.with_suffix(".json")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import click
 
-from moodlens.data import IMAGE_SUFFIXES
-from moodlens.detect import DETECTORS
-from moodlens.video import VIDEO_SUFFIXES
+from moodlens.engine.decode import IMAGE_SUFFIXES
+from moodlens.engine.detect import DETECTORS
+from moodlens.engine.video import VIDEO_SUFFIXES
 
 CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression"]
 
@@ -126,8 +126,8 @@ def analyze_job(job: Job) -> dict:
 def _analyze_image(job: Job, settings: Settings) -> dict:
     analyzer = _STATE["analyzer"]
     if settings.annotate:
-        from moodlens.decode import decode_image
-        from moodlens.render import draw_faces, encode_jpeg, encode_png
+        from moodlens.engine.decode import decode_image
+        from moodlens.engine.render import draw_faces, encode_jpeg, encode_png
 
         rgb = decode_image(job.path, analyzer.max_bytes, analyzer.max_pixels)
         result = analyzer.analyze(rgb, explain=settings.explain)
@@ -147,15 +147,20 @@ def _analyze_image(job: Job, settings: Settings) -> dict:
 
 
 def _analyze_video(job: Job, settings: Settings) -> dict:
-    from moodlens.video import analyze_video, plot_timeline, write_timeline_csv
+    from moodlens.engine.video import analyze_video, plot_timeline, write_timeline_csv
 
     timeline = analyze_video(_STATE["analyzer"], job.path, every=settings.every)
     folder = settings.out or settings.annotate or str(Path(job.path).parent)
     csv_path, png_path = timeline_paths(folder, job)
     write_timeline_csv(timeline, csv_path)
-    plot_timeline(timeline, png_path, title=Path(job.path).name)
-    return {"path": job.path, "video": True, "frames": timeline.frames_read, "frames_analyzed":
-            timeline.frames_analyzed, "timeline_csv": str(csv_path), "timeline_png": str(png_path), "error": None}
+    record = {"path": job.path, "video": True, "frames": timeline.frames_read, "frames_analyzed":
+              timeline.frames_analyzed, "timeline_csv": str(csv_path), "timeline_png": str(png_path), "error": None}
+    try:
+        plot_timeline(timeline, png_path, title=Path(job.path).name)
+    except ModuleNotFoundError as exc:  # the serving install has no matplotlib: the CSV is the timeline
+        record.update(timeline_png=None, warning=f"no timeline plot: {exc.name} is not installed "
+                                                 f"(pip install 'moodlens[plots]')")
+    return record
 
 
 def run_jobs(jobs: list[Job], settings: Settings, workers: int) -> Iterator[dict]:
@@ -220,7 +225,7 @@ def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annot
     and the run goes on; the exit status is 1 when any input failed. Videos (mp4, avi, mov, mkv, webm): a
     per-frame timeline CSV and a PNG plot of the scores over time.
     """
-    from moodlens.errors import MoodlensError
+    from moodlens.engine.errors import MoodlensError
 
     jobs = collect_jobs(paths)
     if not jobs:

@@ -1,4 +1,4 @@
-"""Face crops from image files, for training on image folders (`moodlens.data.load_image_folder`).
+"""Face crops from image files, for training on image folders (`moodlens.training.data.load_image_folder`).
 
 Photos go through the same decode -> detect -> align code as the analyzer, so a model trained on folders sees
 faces cropped exactly as it will at run time.
@@ -13,11 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from moodlens.align import align_face
-from moodlens.data import FACE_SIZE
-from moodlens.decode import decode_image
-from moodlens.detect import FaceDetector
-from moodlens.errors import ImageError
+from moodlens.engine.align import FACE_SIZE, align_face
+from moodlens.engine.decode import decode_image
+from moodlens.engine.detect import FaceDetector
+from moodlens.engine.errors import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from moodlens.data import FACE_SIZE
+from moodlens.engine.align import FACE_SIZE
 
 PATCH = 12
 STRIDE = 6

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from moodlens.errors import ModelError
+from moodlens.engine.errors import ModelError
 
 DETECTORS = ("auto", "short", "full")
 

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from moodlens.data import IMAGE_SUFFIXES
-from moodlens.errors import MoodlensError
+from moodlens.engine.decode import IMAGE_SUFFIXES
+from moodlens.engine.errors import MoodlensError
 
 S3_ENDPOINT_ENV = "MOODLENS_S3_ENDPOINT"
 RETRIES_ENV = "MOODLENS_S3_RETRIES"
@@ -210,7 +210,7 @@ def list_files(root: str, suffixes: Iterable[str] | None = None, endpoint: str |
 
 
 def list_images(root: str, endpoint: str | None = None) -> list[str]:
-    """Image files (moodlens.data.IMAGE_SUFFIXES) under a folder or S3 prefix, sorted, as full paths/URLs."""
+    """Image files (moodlens.engine.decode.IMAGE_SUFFIXES) under a folder or S3 prefix, sorted, as full paths/URLs."""
     return list_files(root, IMAGE_SUFFIXES, endpoint)
 
 

@@ -1,4 +1,4 @@
-"""`moodlens train` and `moodlens export`: the command-line face of train.py and export.py."""
+"""`moodlens train`, `evaluate` and `export`: the command-line face of moodlens.training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from moodlens.data import TARGETS
+from moodlens.training.data import TARGETS
 
 
 @click.command("train")
@@ -48,7 +48,7 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
                   weight_decay, ema, dropout, stage_dropout, label_smoothing, warmup_epochs, class_weight, width,
                   seed, limit, init_from, resume, stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
-    from moodlens.train import TrainConfig, train
+    from moodlens.training.train import TrainConfig, train
 
     if not resume and not (fer2013 or shards):
         raise click.UsageError("give --fer2013 (and optionally --ferplus) or --shards")
@@ -56,7 +56,8 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
                       lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
                       weight_decay=weight_decay or (5e-4 if optimizer == "sgd" else 1e-4), ema=ema,
-                      dropout=dropout, stage_dropout=stage_dropout, label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, class_weight=class_weight,
+                      dropout=dropout, stage_dropout=stage_dropout, label_smoothing=label_smoothing,
+                      warmup_epochs=warmup_epochs, class_weight=class_weight,
                       width=width, seed=seed, limit=limit, init_from=init_from)
     try:
         run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
@@ -92,13 +93,14 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
     import keras
     from scipy.special import softmax
 
-    from moodlens.calibrate import calibration_report
-    from moodlens.classify import ExpressionClassifier, ms_per_face
-    from moodlens.data import load_fer, read_fer2013
-    from moodlens.evaluate import evaluate, keras_model_classes
-    from moodlens.export import columns_for, export_tflite, model_logits
-    from moodlens.labels import class_set
-    from moodlens.modelcard import DATA_TERMS, INTENDED_USE, LIMITATIONS, write_card
+    from moodlens.engine.classify import ExpressionClassifier, ms_per_face
+    from moodlens.models import DATA_TERMS, INTENDED_USE, LIMITATIONS
+    from moodlens.training.calibrate import calibration_report
+    from moodlens.training.data import load_fer, read_fer2013
+    from moodlens.training.evaluate import evaluate, keras_model_classes
+    from moodlens.training.export import columns_for, export_tflite, model_logits
+    from moodlens.training.labels import class_set
+    from moodlens.training.modelcard import write_card
 
     ckpt = Path(checkpoint)
     model = keras.models.load_model(ckpt, compile=False)
@@ -141,7 +143,7 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
         "input": {"shape": [None, 48, 48, 1], "dtype": "float32", "channels": "grayscale", "range": "0..255",
                   "description": "(N, 48, 48, 1) float32 grayscale pixel values 0..255 (scaling to -1..1 is inside "
                                  "the model); faces rotated upright by the eye line and cropped square around the "
-                                 "face as moodlens.align does"},
+                                 "face as moodlens.engine.align does"},
         "output": "(N, C) calibrated class probabilities, rows sum to 1",
         "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize, "flip_tta": flip_tta,
         "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
@@ -180,3 +182,39 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
     for m in metrics.values():
         click.echo(f"  {m['split']:<45} {m['labels']:<14} n={m['n']:<5} acc={m['accuracy']:.4f} "
                    f"macro-F1={m['macro_f1']:.4f}")
+
+
+@click.command("evaluate")
+@click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="FER2013-format CSV (emotion,pixels,Usage), plain or .gz.")
+@click.option("--ferplus", type=click.Path(exists=True, dir_okay=False),
+              help="FER+ vote file aligned by line; adds a 'ferplus' block for FER+ majority labels.")
+@click.option("--split", required=True, help="Usage value to evaluate, e.g. PublicTest.")
+@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
+@click.option("--model", type=click.Path(exists=True, dir_okay=False),
+              help="A .tflite or .keras model (default: the shipped model for --classes).")
+@click.option("--exclude-training-duplicates", is_flag=True,
+              help="Leave out rows whose image also appears in Training.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for the confusion-matrix PNG (table mode).")
+def evaluate_command(fer2013, ferplus, split, classes, model, exclude_training_duplicates, as_json, out) -> None:
+    """Evaluate a model on one split of a FER2013-format file."""
+    try:
+        from moodlens.training.evaluate import evaluate, format_table, plot_confusion
+
+        result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for key, label in (("", "FER2013 labels"), ("ferplus", "FER+ majority labels")):
+        if key and key not in result:
+            continue
+        block = result[key] if key else result
+        title = f"{split}, {classes} classes, {label}"
+        click.echo(format_table(block, title))
+        png = plot_confusion(block, title, Path(out) / f"confusion-{split}-{classes}{'-' + key if key else ''}.png")
+        click.echo(f"  confusion matrix: {png}\n")

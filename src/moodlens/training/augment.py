@@ -11,7 +11,7 @@ import math
 
 import tensorflow as tf
 
-from moodlens.data import FACE_SIZE
+from moodlens.training.data import FACE_SIZE
 
 
 def _uniform(seed, shape, lo: float, hi: float):

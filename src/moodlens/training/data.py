@@ -14,10 +14,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from moodlens.labels import FER2013_CLASSES, FERPLUS_COLUMNS, FERPLUS_TO_CLASS, ClassSet
-
-FACE_SIZE = 48
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif"}
+from moodlens.engine.align import FACE_SIZE
+from moodlens.engine.decode import IMAGE_SUFFIXES
+from moodlens.training.labels import FER2013_CLASSES, FERPLUS_COLUMNS, FERPLUS_TO_CLASS, ClassSet
 
 # What the model learns from: FER2013's label, FER+'s majority vote, FER+'s vote distribution,
 # or an even mix of FER2013's label and FER+'s distribution.
@@ -206,7 +205,7 @@ def load_image_folder(root: str | Path, class_set: ClassSet, detect_faces: bool 
     found is a sample; otherwise each image is taken as a face crop and only resized. Folders whose name is not
     a class of `class_set` are skipped; unreadable images are skipped with a warning.
     """
-    from moodlens.faces import face_crops_from_file
+    from moodlens.engine.faces import face_crops_from_file
 
     images, labels = [], []
     for label_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):

@@ -15,8 +15,8 @@ import click
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from moodlens.data import FaceDataset, load_fer, read_fer2013, read_ferplus
-from moodlens.labels import ClassSet, class_set
+from moodlens.training.data import FaceDataset, load_fer, read_fer2013, read_ferplus
+from moodlens.training.labels import ClassSet, class_set
 
 
 class Predictor:
@@ -31,7 +31,7 @@ class Predictor:
             self.classes = keras_model_classes(path, self._keras.output_shape[-1])
             self.logits = True
         else:
-            from moodlens.classify import ExpressionClassifier
+            from moodlens.engine.classify import ExpressionClassifier
 
             self._tflite = ExpressionClassifier(path, classes=classes, num_threads=2)
             self.classes = self._tflite.classes
@@ -145,37 +145,3 @@ def format_table(block: dict, title: str) -> str:
     for c, m in block["per_class"].items():
         lines.append(f"  {c:<10}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
     return "\n".join(lines)
-
-
-@click.command("evaluate")
-@click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="FER2013-format CSV (emotion,pixels,Usage), plain or .gz.")
-@click.option("--ferplus", type=click.Path(exists=True, dir_okay=False),
-              help="FER+ vote file aligned by line; adds a 'ferplus' block for FER+ majority labels.")
-@click.option("--split", required=True, help="Usage value to evaluate, e.g. PublicTest.")
-@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False),
-              help="A .tflite or .keras model (default: the shipped model for --classes).")
-@click.option("--exclude-training-duplicates", is_flag=True,
-              help="Leave out rows whose image also appears in Training.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
-              help="Folder for the confusion-matrix PNG (table mode).")
-def evaluate_command(fer2013, ferplus, split, classes, model, exclude_training_duplicates, as_json, out) -> None:
-    """Evaluate a model on one split of a FER2013-format file."""
-    try:
-        result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    Path(out).mkdir(parents=True, exist_ok=True)
-    for key, label in (("", "FER2013 labels"), ("ferplus", "FER+ majority labels")):
-        if key and key not in result:
-            continue
-        block = result[key] if key else result
-        title = f"{split}, {classes} classes, {label}"
-        click.echo(format_table(block, title))
-        png = plot_confusion(block, title, Path(out) / f"confusion-{split}-{classes}{'-' + key if key else ''}.png")
-        click.echo(f"  confusion matrix: {png}\n")

@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 
-from moodlens import storage
-from moodlens.data import FACE_SIZE, FaceDataset
-from moodlens.labels import ClassSet
+from moodlens.jobs import storage
+from moodlens.training.data import FACE_SIZE, FaceDataset
+from moodlens.training.labels import ClassSet
 
 log = logging.getLogger(__name__)
 SHARD_COLUMNS = ("path", "face_index", "label", "pixels", "width", "height")
@@ -30,10 +30,10 @@ def shard_schema():
 
 
 def face_crops(data: bytes) -> list[np.ndarray]:
-    """Aligned (48, 48) uint8 crops of every face in an encoded image (moodlens.faces.face_crops after decoding;
+    """Aligned (48, 48) uint8 crops of every face in an encoded image (moodlens.engine.faces.face_crops after decoding;
     unlike face_crops_from_file it raises on a bad image, so the caller can name its path)."""
-    from moodlens.decode import decode_image
-    from moodlens.faces import face_crops as crops_of
+    from moodlens.engine.decode import decode_image
+    from moodlens.engine.faces import face_crops as crops_of
 
     return crops_of(decode_image(data))
 
@@ -45,7 +45,7 @@ def face_crop_rows(path: str, label: str, data: bytes | None = None, endpoint: s
         crops = face_crops(storage.read_bytes(path, endpoint) if data is None else data)
     except storage.StorageUnavailableError:
         raise
-    except Exception as exc:  # a bad photo is skipped, like moodlens.data.load_image_folder does
+    except Exception as exc:  # a bad photo is skipped, like moodlens.training.data.load_image_folder does
         log.warning("skipping %s: %s: %s", path, type(exc).__name__, exc)
         return []
     return [{"path": path, "face_index": i, "label": label, "pixels": crop.tobytes(), "width": FACE_SIZE,
@@ -67,7 +67,7 @@ def read_shards(path_or_url: str, endpoint: str | None = None):
     """Every shard under `path_or_url` as one pyarrow Table, sorted by (path, face_index)."""
     import pyarrow as pa
 
-    from moodlens.batch import read_parquet
+    from moodlens.jobs.batch import read_parquet
 
     files = shard_files(path_or_url, endpoint)
     if not files:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.labels import ClassSet
+from moodlens.training.labels import ClassSet
 
 
 def inference_model(model, columns: list[int], temperature: float, flip_tta: bool = False):

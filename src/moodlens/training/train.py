@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.data import FaceDataset, load_fer, read_fer2013, read_ferplus
-from moodlens.labels import FER2013_CLASSES, FERPLUS_HEAD, FOUR, SEVEN, class_set
+from moodlens.training.data import FaceDataset, load_fer, read_fer2013, read_ferplus
+from moodlens.training.labels import FER2013_CLASSES, FERPLUS_HEAD, FOUR, SEVEN, class_set
 
 # With targets="heads" the net has these two outputs on one trunk (see model.build_classifier).
 HEADS: dict[str, tuple[str, ...]] = {"fer2013": FER2013_CLASSES, "ferplus": FERPLUS_HEAD.classes}
@@ -67,7 +67,7 @@ def load_datasets(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset, dict[str,
     """Train and validation sets, plus FER PublicTest probes (images, labels) for per-epoch metrics."""
     cs = class_set(cfg.classes)
     if cfg.shards:
-        from moodlens.shards import load_shards
+        from moodlens.jobs.shards import load_shards
 
         train, val = load_shards(cfg.shards, cs, seed=cfg.seed)
         return train, val, {}
@@ -96,7 +96,7 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
     """Batches for epochs start_epoch..epochs-1: per-epoch stateless shuffle and augmentation."""
     import tensorflow as tf
 
-    from moodlens.augment import augment_batch
+    from moodlens.training.augment import augment_batch
 
     images = tf.constant(train.images[..., None], tf.uint8)
     targets = tf.constant(train.target, tf.float32)
@@ -143,7 +143,7 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...]):
     """
     import keras
 
-    from moodlens.evaluate import keras_model_classes
+    from moodlens.training.evaluate import keras_model_classes
 
     old = keras.models.load_model(path, compile=False)
     old_classes = keras_model_classes(Path(path), old.output_shape[-1])
@@ -176,7 +176,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
     import keras
 
-    from moodlens.model import build_classifier
+    from moodlens.training.model import build_classifier
 
     keras.utils.set_random_seed(cfg.seed)
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)

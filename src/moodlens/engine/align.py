@@ -2,7 +2,7 @@
 
 FER2013 faces (the training data) are upright, roughly centred, and fill the frame from the top of the forehead
 to the chin. We rotate by the eye line, crop a square around the detector's box, scaled by CROP_SCALE and
-shifted by CROP_SHIFT_Y, both chosen by comparing our crops with FER2013's (see notes/engine.md).
+shifted by CROP_SHIFT_Y, both chosen by comparing our crops with FER2013's side by side (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import math
 import cv2
 import numpy as np
 
-from moodlens.data import FACE_SIZE
-from moodlens.detect import Detection
+from moodlens.engine.detect import Detection
+
+FACE_SIZE = 48  # side of the grey crop the expression models take (FER2013's size)
 
 CROP_SCALE = 1.2  # crop side / detector box side: the whole face, chin included, little background
 # crop centre below the box centre, in box sides: 0 because BlazeFace boxes already sit like FER2013 faces

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from moodlens.errors import NotAnImageError
+from moodlens.engine.errors import NotAnImageError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
@@ -89,7 +89,7 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path
     # a bare Figure renders with Agg and touches no pyplot global state (no display, safe in worker threads)
     from matplotlib.figure import Figure
 
-    from moodlens.render import COLOURS
+    from moodlens.engine.render import COLOURS
 
     frames = sorted({r["frame"] for r in timeline.rows})
     first = {r["frame"]: r for r in timeline.rows if r["face_index"] in (0, None)}

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from moodlens.result import Face
+from moodlens.engine.result import Face
 
 # RGB, one per class; anything else gets DEFAULT_COLOUR
 COLOURS: dict[str, tuple[int, int, int]] = {

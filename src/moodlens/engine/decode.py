@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from moodlens.errors import ImageTooLargeError, ImageTooSmallError, NotAnImageError, TruncatedImageError
+from moodlens.engine.errors import ImageTooLargeError, ImageTooSmallError, NotAnImageError, TruncatedImageError
 
 try:  # HEIC/HEIF (iPhone photos); without pillow-heif those files are reported as not an image
     from pillow_heif import register_heif_opener
@@ -32,6 +32,7 @@ if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < 2:
 
 MAX_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif"}  # what folders are scanned for
 MIN_SIDE = 16  # smaller than this cannot hold a face the detector can find
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF")  # only these parsers ever see untrusted bytes
 

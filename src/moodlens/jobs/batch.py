@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import click
 
-from moodlens import storage
-from moodlens.errors import ImageTooLargeError, MoodlensError
-from moodlens.storage import StorageUnavailableError
+from moodlens.engine.errors import ImageTooLargeError
+from moodlens.jobs import storage
+from moodlens.jobs.storage import StorageUnavailableError
 
 DEFAULT_CHUNK_SIZE = 64
 FORMATS = ("parquet", "csv", "jsonl")
@@ -95,7 +95,7 @@ def rows_to_table(rows: list[dict], classes: Sequence[str]):
 
 def model_classes(classes: str = "4", model_path: str | None = None) -> tuple[str, ...]:
     """Class names, in output order, of the expression model an analyzer with these settings loads."""
-    from moodlens.classify import ExpressionClassifier
+    from moodlens.engine.classify import ExpressionClassifier
 
     return tuple(ExpressionClassifier(model_path, classes=classes).classes)
 
@@ -300,45 +300,3 @@ def run_batch(
         images=len(paths), rows=table.num_rows, faces=table.num_rows - face_index.null_count,
         errors=len(error) - error.null_count, parts_done_before=done_before, parts_total=len(chunks),
         seconds=time.perf_counter() - t0, dest=dest, task_seconds=task_seconds)
-
-
-# ------------------------------------------------------------------------------------------------- command
-
-
-def s3_endpoint_option(f):
-    """`--s3-endpoint URL`, shared by the batch commands."""
-    return click.option("--s3-endpoint", envvar=storage.S3_ENDPOINT_ENV, default=None, metavar="URL",
-                        help=f"S3-compatible endpoint (Ceph RGW, MinIO, ...); env {storage.S3_ENDPOINT_ENV}.")(f)
-
-
-@click.command("batch")
-@click.argument("src")
-@click.argument("dest")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="Output format (default: from DEST's extension, else parquet).")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes (default: all cores).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images of the sorted list.")
-@click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
-@click.option("--model", "model_path", default=None, help="A .tflite expression model instead of the shipped one.")
-@click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True,
-              help="Images per resumable part.")
-@click.option("--keep-parts", is_flag=True, help="Keep DEST.parts/ after merging.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@s3_endpoint_option
-def batch_command(src, dest, fmt, workers, limit, classes, model_path, chunk_size, keep_parts, no_progress,
-                  s3_endpoint) -> None:
-    """Analyze every image under SRC into one table at DEST, one row per face.
-
-    SRC: a folder, an S3 prefix (s3://bucket/photos/) or a .txt file of paths/URLs (relative entries are
-    taken from the list's folder). DEST: a local path or S3 URL; .parquet (default), .csv or .jsonl.
-    Interrupted runs resume from DEST.parts/ when rerun with the same arguments.
-    """
-    try:
-        s = run_batch(src, dest, fmt=fmt, workers=workers, limit=limit, classes=classes, model_path=model_path,
-                      endpoint=s3_endpoint, chunk_size=chunk_size, keep_parts=keep_parts, progress=not no_progress)
-    except MoodlensError as exc:  # storage errors, a broken model
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # per-image errors are rows already: this is the listing or the output failing
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    click.echo(f"{s.images} images, {s.faces} faces, {s.errors} errors -> {s.dest} "
-               f"({s.seconds:.1f} s, {s.images_per_second:.1f} images/s)", err=True)
