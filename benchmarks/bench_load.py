@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from moodlens.web.serve import stop_process
+
 LUA = r"""
 local f = assert(io.open(os.getenv("MOODLENS_LOAD_BODY"), "rb"))
 wrk.method = "POST"
@@ -176,11 +178,7 @@ def main() -> None:
             alive = server.poll() is None
             health = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).status
         finally:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_process(server)
             log.close()
         serve_log = Path(tmp, "serve.log").read_text(errors="replace")
         if proc.returncode != 0 or not report_path.exists():

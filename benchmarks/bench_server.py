@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from moodlens.web.serve import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -127,11 +129,7 @@ def main() -> None:
             }
             report["worker_mib_after_requests"] = [memory_mib(w) for w in children(proc.pid)]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
     def fmt(m: dict[str, float]) -> str:
         return f"RSS {m.get('rss', 0):.1f} MiB, PSS {m.get('pss', 0):.1f} MiB"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from moodlens.web.serve import stop_process
 from web_helpers import free_port
 
 
@@ -67,9 +68,4 @@ def serve(*args: str, env: dict[str, str] | None = None, log_dir: Path, start_ti
             time.sleep(0.2)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

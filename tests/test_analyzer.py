@@ -178,3 +178,33 @@ def test_face_crops_from_file(tmp_path, astronaut_jpeg_bytes, caplog):
     with caplog.at_level(logging.WARNING, logger="moodlens.engine.faces"):
         assert face_crops_from_file(tmp_path / "bad.jpg") == []
     assert "bad.jpg" in caplog.text
+
+
+def test_a_large_jpeg_gives_full_size_boxes_and_the_same_reading(analyzer, astronaut_rgb):
+    """Large JPEGs are decoded reduced for detection (and cropped from the full image only where a face is too
+    small there); boxes are still in full-size pixels and the expression reads as from the full image."""
+    import cv2
+
+    big = cv2.resize(astronaut_rgb, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    reduced = analyzer.analyze(encode(big, "JPEG", quality=92))
+    full = analyzer.analyze(big)  # an array is never reduced
+    assert (reduced.width, reduced.height) == (2048, 2048)
+    assert len(reduced.faces) == len(full.faces) == 1
+    assert iou(np.array([tuple(reduced.faces[0].box)]), np.array([tuple(full.faces[0].box)]))[0, 0] > 0.9
+    a, b = reduced.faces[0].scores, full.faces[0].scores
+    assert max(abs(a[c] - b[c]) for c in a) < 0.05
+
+
+def test_a_face_too_small_in_the_reduced_image_is_cropped_from_the_full_one(analyzer, astronaut_rgb):
+    from moodlens.engine.decode import decode_picture
+
+    head = astronaut_rgb[60:200, 160:300]
+    canvas = np.full((2400, 3200, 3), 180, np.uint8)
+    canvas[1200:1340, 1600:1740] = head  # a 140-px face: 17 px at the 1/8 decode, too small to crop from
+    data = encode(canvas, "JPEG", quality=92)
+    assert decode_picture(data, work_side=320).scale == 0.125
+    result = analyzer.analyze(data)
+    full = analyzer.analyze(canvas)
+    assert len(result.faces) == len(full.faces)
+    for got, want in zip(result.faces, full.faces, strict=True):
+        assert max(abs(got.scores[c] - want.scores[c]) for c in got.scores) < 0.05

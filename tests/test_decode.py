@@ -184,3 +184,26 @@ def test_limits(tmp_path, astronaut_jpeg_bytes):
 def test_every_error_is_an_image_error():
     for cls in (NotAnImageError, TruncatedImageError, ImageTooLargeError, ImageTooSmallError):
         assert issubclass(cls, ImageError)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpeg_decodes_reduced_for_analysis_with_its_full_size(orientation):
+    from moodlens.engine.decode import decode_picture
+
+    upright = np.zeros((960, 1280, 3), np.uint8)
+    upright[:, 640:] = 255
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90) if orientation == 6 else \
+        Image.fromarray(upright)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    picture = decode_picture(buf.getvalue(), work_side=320)
+    assert (picture.width, picture.height) == (1280, 960)
+    assert picture.rgb.shape == (240, 320, 3) and picture.scale == 0.25  # libjpeg's 1/4 DCT scaling
+    assert picture.rgb[:, :150].mean() < 30 and picture.rgb[:, 170:].mean() > 225
+    assert picture.full().shape == (960, 1280, 3)
+    # below twice the work side, and for other formats, nothing is reduced
+    assert decode_picture(buf.getvalue(), work_side=700).scale == 1
+    png = encode(upright, "PNG")
+    assert decode_picture(png, work_side=320).scale == 1

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.engine.align import FACE_SIZE, align_face
+from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_face
 from moodlens.engine.classify import ExpressionClassifier
-from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, decode_image
+from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, Picture, decode_picture
 from moodlens.engine.detect import Detection, FaceDetector
 from moodlens.engine.explain import occlusion_heatmaps
 from moodlens.engine.result import AnalysisResult, Face, FaceBox
 
 DEFAULT_UNCERTAIN_BELOW = 0.5
+# Large JPEGs are decoded at a reduced size whose longer side stays at least this: more than the detectors'
+# largest input (192) needs. A face too small there to fill a 48x48 crop is cropped from the full image.
+WORK_SIDE = 320
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,13 @@ class Analyzer:
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        rgb = decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        picture = decode_picture(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, work_side=WORK_SIDE)
         t1 = time.perf_counter()
-        detections = self.detector.detect(rgb)
+        found = self.detector.detect(picture.rgb)
         t2 = time.perf_counter()
-        crops = np.stack([align_face(rgb, d) for d in detections]) if detections else \
+        crops = np.stack([self._crop(picture, d) for d in found]) if found else \
             np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+        detections = [d.scaled(1 / picture.scale) for d in found]  # in full-size image pixels
         t3 = time.perf_counter()
         probs = self.classifier.predict(crops)  # every face of the image in one batch
         t4 = time.perf_counter()
@@ -82,7 +86,7 @@ class Analyzer:
         if explain:
             heatmaps = occlusion_heatmaps(self.classifier.predict, crops, probs)
             timings["explain"] = _ms(t4, time.perf_counter())
-        height, width = rgb.shape[:2]
+        width, height = picture.width, picture.height
         faces = [
             self._face(d, p, heatmaps[i] if heatmaps is not None else None, width, height)
             for i, (d, p) in enumerate(zip(detections, probs, strict=True))
@@ -100,6 +104,13 @@ class Analyzer:
             label, scores, uncertain = self._read(p)
             out.append(Expression(label, scores, uncertain, heat))
         return out
+
+    @staticmethod
+    def _crop(picture: Picture, d: Detection) -> np.ndarray:
+        """The face's 48x48 crop from the decoded pixels, or from the full image where it is too small in them."""
+        if max(d.box[2], d.box[3]) * CROP_SCALE >= FACE_SIZE or picture.scale == 1:
+            return align_face(picture.rgb, d)
+        return align_face(picture.full(), d.scaled(1 / picture.scale))
 
     def _read(self, p: np.ndarray) -> tuple[str, dict[str, float], bool]:
         scores = {c: float(v) for c, v in zip(self.classes, p, strict=True)}

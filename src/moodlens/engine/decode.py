@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,46 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF")  # only these parsers ev
 ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray
 
 
+@dataclass
+class Picture:
+    """A decoded image for analysis: `rgb` holds it at `scale` of its full `width` x `height`.
+
+    A large JPEG is decoded smaller straight from its DCT coefficients (libjpeg's 1/2, 1/4, 1/8 scaling), which
+    costs a fraction of a full decode; `full()` decodes the full resolution once, when a face is too small in
+    `rgb` to crop from it.
+    """
+
+    rgb: np.ndarray
+    width: int
+    height: int
+    source: bytes | None = None
+    max_pixels: int = MAX_PIXELS
+    _full: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def scale(self) -> float:
+        return self.rgb.shape[1] / self.width
+
+    def full(self) -> np.ndarray:
+        if self.scale == 1 or self.source is None:
+            return self.rgb
+        if self._full is None:
+            self._full = _from_bytes(self.source, self.max_pixels)[0]
+        return self._full
+
+
+def decode_picture(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+                   work_side: int | None = None) -> Picture:
+    """`decode_image`, but a JPEG whose longer side is at least twice `work_side` is decoded at the largest
+    DCT reduction that keeps its longer side at `work_side` or more (see `Picture`)."""
+    if isinstance(data, np.ndarray):
+        rgb = _from_array(data, max_pixels)
+        return Picture(rgb, rgb.shape[1], rgb.shape[0])
+    raw = _checked_bytes(data, max_bytes)
+    rgb, (width, height) = _from_bytes(raw, max_pixels, work_side)
+    return Picture(rgb, width, height, raw if rgb.shape[1] != width else None, max_pixels)
+
+
 def decode_image(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode `data` to an upright RGB uint8 array (H, W, 3).
 
@@ -49,6 +90,10 @@ def decode_image(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int =
     """
     if isinstance(data, np.ndarray):
         return _from_array(data, max_pixels)
+    return _from_bytes(_checked_bytes(data, max_bytes), max_pixels)[0]
+
+
+def _checked_bytes(data: ImageInput, max_bytes: int) -> bytes:
     if isinstance(data, str | Path):
         data = _read_file(Path(data), max_bytes)
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -57,7 +102,7 @@ def decode_image(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int =
         raise ImageTooLargeError(f"the file has {len(data):,} bytes, over the limit of {max_bytes:,}")
     if len(data) == 0:
         raise NotAnImageError("the file is empty")
-    return _from_bytes(bytes(data), max_pixels)
+    return bytes(data)
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
@@ -78,7 +123,8 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
                                  f"{MIN_SIDE}x{MIN_SIDE} to hold a face")
 
 
-def _from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pixels (reduced for a large JPEG when `work_side` is given) and the full upright size (width, height)."""
     # Image.open reads only the header; PIL's own (process-wide) bomb guard stays as a backstop, and our
     # per-call limit is checked on the declared size before any pixel is decoded. We leave the global
     # Image.MAX_IMAGE_PIXELS alone: other code in the process (training, other analyzers) shares it.
@@ -100,6 +146,10 @@ def _from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
                 raise ImageTooLargeError(f"the image is coded as {coded[0]}x{coded[1]} = {coded[0] * coded[1]:,} "
                                          f"pixels (shown cropped to {im.width}x{im.height}), over the limit of "
                                          f"{max_pixels:,}")
+        full_size = im.size
+        if work_side and im.format == "JPEG" and max(im.size) >= 2 * work_side:
+            factor = max(im.size) / work_side  # draft picks the largest 1/2^k reduction still >= this size
+            im.draft(None, (max(1, int(im.width / factor)), max(1, int(im.height / factor))))
         try:
             im.seek(0)  # first frame of an animation
             im.load()
@@ -112,9 +162,12 @@ def _from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
             if isinstance(exc, RuntimeError) and "Security limit exceeded" in detail:
                 raise ImageTooLargeError(f"the image is too large to decode ({detail})") from exc
             raise TruncatedImageError(f"the image data is truncated or corrupt ({detail})") from exc
+        reduced_size = im.size
         im = _upright(im)
-        _check_size(im.width, im.height, max_pixels)
-        return _to_rgb(im)
+        if im.size != reduced_size:  # EXIF turned it a quarter
+            full_size = full_size[::-1]
+        _check_size(*full_size, max_pixels)
+        return _to_rgb(im), full_size
 
 
 def _heif_coded_size(data: bytes) -> tuple[int, int] | None:

@@ -17,6 +17,10 @@ class FaceBox:
     def as_list(self) -> list[float]:
         return [round(self.x, 1), round(self.y, 1), round(self.w, 1), round(self.h, 1)]
 
+    def __iter__(self):
+        """`x, y, w, h = face.box`."""
+        return iter((self.x, self.y, self.w, self.h))
+
 
 @dataclass(frozen=True)
 class Face:

@@ -7,6 +7,7 @@ memory copy-on-write instead of each loading its own copy, and a broken model st
 from __future__ import annotations
 
 import os
+import subprocess
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -58,3 +59,13 @@ def gunicorn_options(
         # gunicorn >= 25 opens a control socket at one fixed path per user; two servers would fight over it.
         "control_socket_disable": True,
     }
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Stop a `moodlens serve` process: SIGTERM (gunicorn's graceful shutdown), SIGKILL after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
