@@ -57,9 +57,10 @@ def per_image_outside(root: Path, sample: int) -> float:
 @click.option("--master", default="local[2]", show_default=True)
 @click.option("--partitions", default=None, type=int, help="Spark partitions (default: 4 per core).")
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Generate into / reuse this folder.")
-def main(n: int, workers: int, master: str, partitions: int | None, keep: str | None) -> None:
+@click.option("--spark/--no-spark", default=True, show_default=True, help="Also time spark-batch.")
+def main(n: int, workers: int, master: str, partitions: int | None, keep: str | None, spark: bool) -> None:
     from moodlens.jobs.batch import run_batch
-    from moodlens.jobs.spark import run_spark_batch, spark_session
+    from moodlens.jobs.spark import run_spark_batch, spark_session  # noqa: F401 (pyspark only with --spark)
 
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="moodlens-bench-"))
     photos = work / "photos"
@@ -70,31 +71,38 @@ def main(n: int, workers: int, master: str, partitions: int | None, keep: str | 
 
     outside_ms = per_image_outside(photos, min(n, 200))
 
+    one = run_batch(str(photos), str(work / "batch1.parquet"), workers=1, progress=False)
     b = run_batch(str(photos), str(work / "batch.parquet"), workers=workers, progress=False)
 
-    t0 = time.perf_counter()
-    spark = spark_session(master, "moodlens-bench")
-    spark_start = time.perf_counter() - t0
-    try:
-        run_spark_batch(spark, str(photos), str(work / "warm"), limit=2 * spark.sparkContext.defaultParallelism)
-        s = run_spark_batch(spark, str(photos), str(work / "spark"), partitions=partitions)
-    finally:
-        spark.stop()
+    s, spark_start = None, 0.0
+    if spark:
+        t0 = time.perf_counter()
+        session = spark_session(master, "moodlens-bench")
+        spark_start = time.perf_counter() - t0
+        try:
+            run_spark_batch(session, str(photos), str(work / "warm"),
+                            limit=2 * session.sparkContext.defaultParallelism)
+            s = run_spark_batch(session, str(photos), str(work / "spark"), partitions=partitions)
+        finally:
+            session.stop()
 
     load = os.getloadavg()[0]
     rows = [
         ("one process, no pool (reference)", "1", "-", "-", f"{1000 / outside_ms:.1f}", f"{outside_ms:.1f}"),
-        ("moodlens batch", f"{workers} processes", b.images, f"{b.seconds:.1f}", f"{b.images / b.seconds:.1f}",
-         f"{1000 * b.task_seconds / b.images:.1f}"),
-        ("moodlens spark-batch", master, s.images, f"{s.seconds:.1f}", f"{s.images / s.seconds:.1f}",
-         f"{1000 * s.task_seconds / s.images:.1f}"),
+        *[("moodlens batch", f"{r_workers} process{'es' if r_workers > 1 else ''}", r.images, f"{r.seconds:.1f}",
+           f"{r.images / r.seconds:.1f}", f"{1000 * r.task_seconds / r.images:.1f}")
+          for r_workers, r in ((1, one), (workers, b))],
     ]
+    if s is not None:
+        rows.append(("moodlens spark-batch", master, s.images, f"{s.seconds:.1f}", f"{s.images / s.seconds:.1f}",
+                     f"{1000 * s.task_seconds / s.images:.1f}"))
     print(f"\n{n} photos, {os.cpu_count()} cores, load average {load:.1f} at the end; "
           f"Spark session start {spark_start:.1f} s (not in the Spark row)\n")
     print("| runner | parallelism | images | seconds | images/s | ms per image (read + analyze, per worker) |")
     print("|---|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")
+    print(f"\nbatch with {workers} workers: {one.seconds / b.seconds:.2f}x the one-worker throughput (target >= 1.8x)")
 
 
 if __name__ == "__main__":

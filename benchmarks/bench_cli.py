@@ -21,7 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from bench_engine import jpeg, machine
+from bench_engine import jpeg
+from reference import machine
 
 
 def write_photos(folder: Path, n: int) -> None:
@@ -65,6 +66,7 @@ def main() -> None:
         print(f"{args.photos} JPEGs 640x480, one face each; `python -m moodlens analyze DIR --workers N -q`")
         print(f"{'workers':>8}{'wall s':>9}{'photos/s':>10}{'start-up s':>12}{'steady photos/s':>17}"
               f"{'CPU ms/photo':>14}{'idle-core estimate':>20}{'faces':>7}")
+        whole = {}
         for workers in args.workers:
             startup, startup_cpu, _ = timed([str(one), "--workers", str(workers)])
             wall, cpu, out = timed([str(folder), "--workers", str(workers)])
@@ -73,6 +75,12 @@ def main() -> None:
             cpu_ms = (cpu - startup_cpu) * 1000 / (args.photos - 1)
             print(f"{workers:>8}{wall:>9.2f}{args.photos / wall:>10.1f}{startup:>12.2f}{steady:>17.1f}"
                   f"{cpu_ms:>14.2f}{workers * 1000 / cpu_ms:>20.1f}{faces:>7}")
+            whole[workers] = args.photos / wall
+        if 1 in whole:
+            for workers, rate in whole.items():
+                if workers > 1:
+                    print(f"--workers {workers}: {rate / whole[1]:.2f}x the one-worker throughput, whole command "
+                          "(target >= 1.8x at 2)")
 
 
 if __name__ == "__main__":
