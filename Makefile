@@ -14,6 +14,8 @@ install: $(VENV)/.serve-installed
 $(VENV)/.serve-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# ensurepip's setuptools: pip builds moodlens in an isolated environment, and serving never imports it
+	$(BIN)/pip uninstall -q -y setuptools
 	$(BIN)/pip install -q -e .
 	touch $@
 

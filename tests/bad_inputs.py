@@ -61,7 +61,14 @@ def photo(side: int = 192) -> np.ndarray:
 
 def save(im: Image.Image, fmt: str, **params) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, fmt, **params)
+    if fmt == "HEIF":
+        # moodlens decodes HEIC with pi-heif (decode only); the test fixtures are written by pillow-heif's
+        # encoder (a dev dependency), called directly so that pi-heif stays the Pillow plugin that decodes
+        import pillow_heif
+
+        pillow_heif.from_pillow(im).save(buf, **params)
+    else:
+        im.save(buf, fmt, **params)
     return buf.getvalue()
 
 

@@ -26,11 +26,11 @@ def encode(rgb: np.ndarray, fmt: str = "JPEG", **params) -> bytes:
     """`rgb` encoded by Pillow in `fmt` (JPEG quality 90 unless given)."""
     from PIL import Image
 
+    from bad_inputs import save
+
     if fmt == "JPEG":
         params.setdefault("quality", 90)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, fmt, **params)
-    return buf.getvalue()
+    return save(Image.fromarray(rgb), fmt, **params)
 
 
 def compose_faces(sizes: list[int], width: int = 640, height: int = 480, cols: int = 2) -> GroupPhoto:

@@ -41,9 +41,7 @@ def seeds() -> dict[str, bytes]:
         "bmp-palette": save(im.quantize(16), "BMP"),
     }
     try:
-        import pillow_heif  # noqa: F401  (registered by moodlens.engine.decode)
-
-        import moodlens.engine.decode  # noqa: F401
+        import pillow_heif  # noqa: F401  (the fixtures' encoder; moodlens decodes with pi-heif)
 
         out["heic"] = save(im, "HEIF", quality=50)
     except ImportError:  # pragma: no cover

@@ -34,7 +34,7 @@ def small(astronaut_rgb) -> np.ndarray:
 ])
 def test_round_trip(small, fmt, params, tolerance):
     if fmt == "HEIF":
-        pytest.importorskip("pillow_heif")
+        pytest.importorskip("pillow_heif")  # the fixture's encoder
     out = decode_image(encode(small, fmt, **params))
     assert out.shape == small.shape and out.dtype == np.uint8 and out.flags.c_contiguous
     assert np.abs(out.astype(int) - small).mean() <= tolerance

@@ -1,6 +1,6 @@
 """decode stage: bytes, a file path or an array -> RGB uint8 (H, W, 3), upright, with every failure typed.
 
-Formats: JPEG, PNG, WebP, BMP, GIF (first frame), HEIC/HEIF (pillow-heif). Limits are checked as early as
+Formats: JPEG, PNG, WebP, BMP, GIF (first frame), HEIC/HEIF (pi-heif). Limits are checked as early as
 possible: the byte count before anything is parsed, the pixel count from the header before pixels are decoded.
 Nothing is ever written to disk.
 """
@@ -18,11 +18,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from moodlens.engine.errors import ImageTooLargeError, ImageTooSmallError, NotAnImageError, TruncatedImageError
 
-try:  # HEIC/HEIF (iPhone photos); without pillow-heif those files are reported as not an image
-    from pillow_heif import register_heif_opener
+try:  # HEIC/HEIF (iPhone photos) through pi-heif: libheif's decoder without pillow-heif's 23 MB x265 encoder.
+    # Without it those files are reported as not an image.
+    from pi_heif import register_heif_opener
 
     register_heif_opener()
-except ImportError:  # pragma: no cover - pillow-heif is a hard dependency, this only keeps decode importable
+except ImportError:  # pragma: no cover - pi-heif is a hard dependency, this only keeps decode importable
     pass
 
 # Pillow frees every image's pixel block back to the OS by default, so each decode page-faults its memory in
@@ -136,7 +137,7 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
         raise NotAnImageError("the data is not an image in a supported format "
                               "(JPEG, PNG, WebP, BMP, GIF, HEIC)") from exc
     except (OSError, SyntaxError, EOFError, RuntimeError) as exc:  # a known format whose header is broken
-        # (RuntimeError: libheif's errors, through pillow-heif; their messages end with a newline)
+        # (RuntimeError: libheif's errors, through pi-heif; their messages end with a newline)
         raise TruncatedImageError(f"the image header is corrupt ({' '.join(str(exc).split())})") from exc
     with im:
         _check_size(im.width, im.height, max_pixels)
@@ -156,7 +157,7 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
         except (OSError, SyntaxError, EOFError, ValueError, IndexError, RuntimeError) as exc:
-            # pillow-heif raises RuntimeError for libheif's errors, e.g. a HEIC whose coded size (before its
+            # pi-heif raises RuntimeError for libheif's errors, e.g. a HEIC whose coded size (before its
             # clean-aperture crop, so not in the header) is over libheif's own pixel limit
             detail = " ".join(str(exc).split())  # libheif's messages end with a newline
             if isinstance(exc, RuntimeError) and "Security limit exceeded" in detail:
@@ -173,7 +174,7 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
 def _heif_coded_size(data: bytes) -> tuple[int, int] | None:
     """The largest coded size (an `ispe` property) in a HEIF file's top-level `meta` box, None if there is none.
 
-    pillow-heif reports the size after the clean-aperture (`clap`) crop, which a crafted file can make tiny while
+    pi-heif reports the size after the clean-aperture (`clap`) crop, which a crafted file can make tiny while
     the coded image, which libheif allocates in full, is huge (an 11 kB HEIC shown as 48x48 but coded 7001x7001
     took 230 MB); the pixel limit must apply to the coded size too.
     """
