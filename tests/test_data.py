@@ -104,3 +104,36 @@ def test_image_folder_of_face_crops(tmp_path):
     assert ds.images.shape == (6, 48, 48)
     assert ds.counts() == {"angry": 0, "happy": 3, "neutral": 0, "sad": 3}
     assert abs(int(ds.images[0].mean()) - 200) <= 2
+
+
+def test_ferplus_head_targets_follow_ferplus_crossentropy_mode():
+    from moodlens.training.data import ferplus_head_targets
+
+    # columns: neutral happiness surprise sadness anger disgust fear contempt unknown NF
+    votes = np.array([
+        [0, 8, 2, 0, 0, 0, 0, 0, 0, 0],  # clear happy: the top emotion already holds 75% of the votes
+        [4, 0, 3, 3, 0, 0, 0, 0, 0, 0],  # three emotions needed to reach 75%
+        [5, 0, 0, 4, 1, 0, 0, 0, 0, 0],  # neutral/sad split; the single anger vote is dropped
+        [0, 0, 0, 0, 0, 0, 0, 0, 2, 8],  # not a face: no target
+        [0, 0, 0, 0, 0, 0, 0, 0, 6, 4],  # unknown wins: no target
+        [2, 2, 2, 2, 2, 0, 0, 0, 0, 0],  # five-way tie: too many emotions, no target
+        [0, 0, 0, 0, 0, 0, 0, 10, 0, 0],  # contempt is a class of the FER+ head
+    ], np.float64)
+    t = ferplus_head_targets(votes)
+    assert t.shape == (7, 8)
+    assert np.allclose(t[0], [0, 1, 0, 0, 0, 0, 0, 0])
+    assert np.allclose(t[1], [0.4, 0, 0.3, 0.3, 0, 0, 0, 0])
+    assert np.allclose(t[2], [5 / 9, 0, 0, 4 / 9, 0, 0, 0, 0])
+    assert not t[3].any() and not t[4].any() and not t[5].any()
+    assert t[6, 7] == 1
+
+
+def test_heads_targets_keep_every_training_row(tmp_path):
+    from fer_fixtures import make_fer_pair
+    from moodlens.training.data import load_fer
+    from moodlens.training.labels import SEVEN
+
+    fer, plus = make_fer_pair(tmp_path)
+    ds = load_fer(fer, "Training", SEVEN, ferplus=plus, targets="heads")
+    assert len(ds) == 280 and ds.ferplus_target.shape == (280, 8)
+    assert np.allclose(ds.target.sum(1), 1)

@@ -109,3 +109,26 @@ def test_shipped_model_keeps_its_publictest_accuracy(classes):
     assert result["accuracy"] >= recorded - 0.005
     if "ferplus" in result:
         assert result["ferplus"]["accuracy"] >= card["metrics"]["PublicTest_ferplus"]["accuracy"] - 0.005
+
+
+def test_vector_scaling_calibrates_classes_one_temperature_cannot():
+    from scipy.special import softmax
+
+    from moodlens.training.calibrate import (
+        expected_calibration_error,
+        fit_vector_scaling,
+        uncertain_threshold,
+        vector_calibration_report,
+    )
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 4000)
+    logits = rng.normal(0, 1, (4000, 4)) + 2.5 * np.eye(4)[y]
+    logits[:, 2] += 1.5  # one class over-predicted: a bias, which a temperature cannot remove
+    w, b = fit_vector_scaling(logits, y)
+    assert b[2] < b[0] - 0.5
+    report = vector_calibration_report(logits, y)
+    assert report["ece_after"] < report["ece_temperature"] <= report["ece_before"] + 1e-9
+    probs = softmax(logits * w + b, axis=1)
+    assert expected_calibration_error(probs, y) == pytest.approx(report["ece_after"], abs=1e-4)
+    assert 0.35 <= uncertain_threshold(probs, y) <= 0.6

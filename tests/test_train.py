@@ -113,3 +113,73 @@ def test_trains_from_parquet_face_shards(tmp_path):
     assert out.exit_code == 0, out.output
     assert keras.models.load_model(tmp_path / "run" / "best.keras").output_shape[-1] == 4
     assert json.loads((tmp_path / "run" / "state.json").read_text())["monitor"] == "val_accuracy"
+
+
+def heads_config(tmp_path, run: str, epochs: int = 1) -> TrainConfig:
+    fer, plus = make_fer_pair(tmp_path)
+    return TrainConfig(run_dir=str(tmp_path / run), fer2013=str(fer), ferplus=str(plus), classes="7",
+                       targets="heads", epochs=epochs, batch_size=32, width=8, warmup_epochs=0, optimizer="sgd",
+                       lr=0.01, weight_decay=5e-4, ema=0.99, extra={"deterministic": True})
+
+
+@pytest.fixture(scope="module")
+def heads_run(tmp_path_factory):
+    """One small two-head run, shared by the tests that only read it."""
+    cfg = heads_config(tmp_path_factory.mktemp("heads"), "run")
+    return cfg, train(cfg, verbose=0)
+
+
+def test_two_heads_train_on_one_trunk_and_are_probed_through_both(heads_run):
+    _, run = heads_run
+    model = keras.models.load_model(run / "best.keras")
+    assert {k: v.shape[-1] for k, v in model.output.items()} == {"fer2013": 7, "ferplus": 8}
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    for col in ("fer2013_loss", "ferplus_loss", "val_fer2013_7_acc", "val_ferplus_4_acc",
+                "val_ferplus_4_via_fer2013_acc", "val_fer2013_4_via_ferplus_acc", "val_fer2013_7_raw_acc"):
+        assert col in header, col
+
+
+def test_two_head_resume_with_ema_continues_exactly(tmp_path):
+    straight = train(heads_config(tmp_path, "straight", epochs=2), verbose=0)
+    interrupted = train(heads_config(tmp_path, "interrupted", epochs=2), verbose=0, stop_after=1)
+    train(TrainConfig(run_dir=str(interrupted)), resume=True, verbose=0)
+    a, b = (keras.models.load_model(r / "last.keras") for r in (straight, interrupted))
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights(), strict=True)) < 1e-5
+    ema_a, ema_b = (m.optimizer._model_variables_moving_average for m in (a, b))
+    assert max(float(np.abs(x.numpy() - y.numpy()).max()) for x, y in zip(ema_a, ema_b, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize(("classes", "head"), [("7", "fer2013"), ("4", "ferplus"), ("4", "fer2013")])
+def test_export_round_trip_of_a_two_head_net(tmp_path, heads_run, classes, head):
+    """Each head exports on its own, calibrated per class; the file gives what Keras gives."""
+    from scipy.special import softmax
+
+    from moodlens.training.export import export_model, model_logits, single_head
+
+    cfg, run = heads_run
+    card, paths = export_model(run / "best.keras", classes, tmp_path / f"m{classes}.tflite", cfg.fer2013,
+                               cfg.ferplus, head=head, quantize="none")
+    assert card["architecture"]["head"] == head and len(card["classes"]) == int(classes)
+    cal = card["calibration"]
+    assert len(cal["scale"]) == len(cal["bias"]) == int(classes) and "ece_after" in cal
+    assert card["export_check"]["max_abs_diff_vs_keras"] < 1e-5
+    assert {"PublicTest_fer2013", "PublicTest_ferplus", "PublicTest_fer2013_dedup"} <= set(card["metrics"])
+    faces = np.random.default_rng(0).integers(0, 256, (12, 48, 48)).astype(np.uint8)
+    one = single_head(keras.models.load_model(run / "best.keras"), head)
+    cols = card["architecture"]["output_columns"]
+    ref = softmax(model_logits(one, faces)[:, cols] * np.array(cal["scale"]) + np.array(cal["bias"]), axis=1)
+    got = ExpressionClassifier(paths[0], num_threads=1).predict(faces)
+    assert float(np.abs(got - ref).max()) < 1e-4
+    assert (paths[0].with_suffix(".md")).read_text().count("vector scaling") == 1
+
+
+def test_export_picks_the_four_class_head_by_measurement(tmp_path, heads_run):
+    from moodlens.training.export import export_model
+
+    cfg, run = heads_run
+    card, _ = export_model(run / "best.keras", "4", tmp_path / "m.tflite", cfg.fer2013, cfg.ferplus, quantize="none")
+    measured = card["architecture"]["head_choice"]
+    assert set(measured) == {"fer2013", "ferplus"} and all(set(m) == {"fer2013", "ferplus"} for m in measured.values())
+    mean = {h: np.mean(list(m.values())) for h, m in measured.items()}
+    assert card["architecture"]["head"] == max(mean, key=mean.get)
+    assert "chosen over the other" in card["training"]["description"]

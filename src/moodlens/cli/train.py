@@ -7,7 +7,6 @@ import platform
 from pathlib import Path
 
 import click
-import numpy as np
 
 from moodlens.training.data import TARGETS
 
@@ -83,103 +82,34 @@ def cpu_name() -> str:
 @click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--ferplus", type=click.Path(exists=True, dir_okay=False))
 @click.option("--split", default="PublicTest", show_default=True, help="Split to calibrate and measure on.")
-@click.option("--uncertain-below", type=float, help="Top score under which a face is flagged uncertain.")
+@click.option("--head", type=click.Choice(["auto", "fer2013", "ferplus"]), default="auto", show_default=True,
+              help="Head of a two-head checkpoint. auto: FER2013's for 7 classes; for 4, the head with the higher "
+                   "mean of its FER2013- and FER+-label accuracy on --split.")
+@click.option("--calibration", type=click.Choice(["vector", "temperature"]), default="vector", show_default=True,
+              help="A scale and a bias per class, or one temperature.")
+@click.option("--uncertain-below", type=float,
+              help="Top score under which a face is flagged uncertain [default: derived on --split].")
 @click.option("--quantize", type=click.Choice(["none", "dynamic"]), default="dynamic", show_default=True,
               help="int8 weights (dynamic range): 4x smaller and faster; accuracy is measured after.")
 @click.option("--flip-tta/--no-flip-tta", default=False, show_default=True,
               help="Average each face's logits with its mirror image's (2x the compute).")
-def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_below, quantize, flip_tta) -> None:
+def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, calibration, uncertain_below, quantize,
+                   flip_tta) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
-    import keras
-    from scipy.special import softmax
+    from moodlens.training.export import export_model
 
-    from moodlens.engine.classify import ExpressionClassifier, ms_per_face
-    from moodlens.models import DATA_TERMS, INTENDED_USE, LIMITATIONS
-    from moodlens.training.calibrate import calibration_report
-    from moodlens.training.data import load_fer, read_fer2013
-    from moodlens.training.evaluate import evaluate, keras_model_classes
-    from moodlens.training.export import columns_for, export_tflite, model_logits
-    from moodlens.training.labels import class_set
-    from moodlens.training.modelcard import write_card
-
-    ckpt = Path(checkpoint)
-    model = keras.models.load_model(ckpt, compile=False)
-    trained = class_set(str(len(keras_model_classes(ckpt, model.output_shape[-1]))))
-    target = class_set(classes)
-    cols = columns_for(trained, target)
-    frame = read_fer2013(fer2013)
-    cal_set = load_fer(fer2013, split, target, frame=frame)
-    logits = model_logits(model, cal_set.images, flip_tta)[:, cols]
-    cal = calibration_report(logits, cal_set.y) | {"fitted_on": f"{split}, FER2013 labels"}
-    out = export_tflite(model, out, cols, cal["temperature"], quantize=quantize, flip_tta=flip_tta)
-
-    # round trip: the exported file must give what Keras gives
-    probe = cal_set.images[:64]
-    ref = softmax(model_logits(model, probe, flip_tta)[:, cols] / cal["temperature"], axis=1)
-    got = ExpressionClassifier(out, num_threads=1).predict(probe)
-    max_diff = float(np.abs(ref - got).max())
-
-    card_path = out.with_suffix(".json")
-    card_path.unlink(missing_ok=True)  # the card is rebuilt below from what was measured
-    metrics = {}
-    for dedup in (False, True):
-        res = evaluate(fer2013, split, classes, ferplus, out, exclude_training_duplicates=dedup)
-        suffix = ", without Training duplicates" if dedup else ""
-        metrics[f"{split}_fer2013{'_dedup' if dedup else ''}"] = {
-            "split": split + suffix, "labels": "FER2013", "n": res["n"], "accuracy": res["accuracy"],
-            "macro_f1": res["macro_f1"], "per_class": res["per_class"]}
-        if "ferplus" in res:
-            metrics[f"{split}_ferplus{'_dedup' if dedup else ''}"] = {
-                "split": split + suffix, "labels": "FER+ majority", "n": res["ferplus"]["n"],
-                "accuracy": res["ferplus"]["accuracy"], "macro_f1": res["ferplus"]["macro_f1"],
-                "per_class": res["ferplus"]["per_class"]}
-    clf = ExpressionClassifier(out, num_threads=1)
-    run_cfg = json.loads((ckpt.parent / "config.json").read_text()) if (ckpt.parent / "config.json").exists() else {}
-    card = {
-        "name": f"moodlens expression-{classes}",
-        "summary": f"A {len(target)}-class facial-expression classifier ({', '.join(target.classes)}) for "
-                   "48x48 grayscale aligned face crops, small enough to run in about a millisecond on one CPU core.",
-        "classes": list(target.classes),
-        "input": {"shape": [None, 48, 48, 1], "dtype": "float32", "channels": "grayscale", "range": "0..255",
-                  "description": "(N, 48, 48, 1) float32 grayscale pixel values 0..255 (scaling to -1..1 is inside "
-                                 "the model); faces rotated upright by the eye line and cropped square around the "
-                                 "face as moodlens.engine.align does"},
-        "output": "(N, C) calibrated class probabilities, rows sum to 1",
-        "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize, "flip_tta": flip_tta,
-        "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
-                         "parameters": int(model.count_params()),
-                         "trained_classes": list(trained.classes), "output_columns": cols},
-        "temperature": cal["temperature"], "calibration": cal,
-        "uncertain_below": uncertain_below if uncertain_below is not None else (0.5 if len(target) == 4 else 0.4),
-        "metrics": metrics,
-        "export_check": {"max_abs_diff_vs_keras": max_diff},
-        "speed": {"ms_per_face_batch1": ms_per_face(clf, 1), "ms_per_face_batch32": ms_per_face(clf, 32),
-                  "runtime": "LiteRT (ai-edge-litert), 1 thread", "machine": cpu_name()},
-        "training": {
-            "description": (
-                f"Trained from scratch with `moodlens train` on the FER2013 Training split "
-                f"({run_cfg.get('classes', trained.name)} classes, targets '{run_cfg.get('targets', '?')}': "
-                "half the FER2013 label and half the FER+ vote distribution; rows FER+ marks not-a-face or "
-                "without a majority left out), "
-                f"{run_cfg.get('epochs', '?')} epochs, AdamW with warm-up and cosine decay, label smoothing "
-                f"{run_cfg.get('label_smoothing', '?')}, augmentation: random rotation/scale/shift in one affine, "
-                "horizontal flip, brightness/contrast jitter, random erasing. Checkpoint selected on "
-                f"{split} (7-class FER2013-label accuracy)."
-                + (f" Fine-tuned from {run_cfg['init_from']} (a run with its own config.json beside it)."
-                   if run_cfg.get("init_from") else "")
-                + (f" This {len(target)}-class model is that {len(trained)}-class network with its output restricted"
-                   f" to {', '.join(target.classes)} (softmax over those logits)." if trained != target else "")),
-            "config": run_cfg,
-        },
-        "data_terms": DATA_TERMS,
-        "intended_use": INTENDED_USE,
-        "limitations": LIMITATIONS,
-        "face_detector": "BlazeFace short- and full-range (Google MediaPipe, Apache-2.0); see face_detection.md",
-    }
-    json_path, md_path = write_card(card, card_path)
-    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), {json_path}, {md_path}")
-    click.echo(f"temperature {cal['temperature']}, export max abs diff {max_diff:.2e}")
-    for m in metrics.values():
+    try:
+        card, paths = export_model(checkpoint, classes, out, fer2013, ferplus, split, head=head,
+                                   calibration=calibration, uncertain_below=uncertain_below, quantize=quantize,
+                                   flip_tta=flip_tta, machine=cpu_name())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+    cal = card["calibration"]
+    click.echo(f"head {card['architecture'].get('head') or '-'}, {cal['method']}: ECE {cal['ece_before']} -> "
+               f"{cal['ece_after']}, uncertain below {card['uncertain_below']}; "
+               f"export max abs diff {card['export_check']['max_abs_diff_vs_keras']:.2e}")
+    for m in card["metrics"].values():
         click.echo(f"  {m['split']:<45} {m['labels']:<14} n={m['n']:<5} acc={m['accuracy']:.4f} "
                    f"macro-F1={m['macro_f1']:.4f}")
 
@@ -193,17 +123,20 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, uncertain_
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
 @click.option("--model", type=click.Path(exists=True, dir_okay=False),
               help="A .tflite or .keras model (default: the shipped model for --classes).")
+@click.option("--head", type=click.Choice(["fer2013", "ferplus"]), default=None,
+              help="Head of a two-head .keras checkpoint [default: fer2013].")
 @click.option("--exclude-training-duplicates", is_flag=True,
               help="Leave out rows whose image also appears in Training.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder for the confusion-matrix PNG (table mode).")
-def evaluate_command(fer2013, ferplus, split, classes, model, exclude_training_duplicates, as_json, out) -> None:
+def evaluate_command(fer2013, ferplus, split, classes, model, head, exclude_training_duplicates, as_json,
+                     out) -> None:
     """Evaluate a model on one split of a FER2013-format file."""
     try:
         from moodlens.training.evaluate import evaluate, format_table, plot_confusion
 
-        result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates)
+        result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates, head)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

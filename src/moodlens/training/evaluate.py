@@ -22,13 +22,18 @@ from moodlens.training.labels import ClassSet, class_set
 class Predictor:
     """Probabilities over `classes` for 48x48 faces, from a .tflite or a .keras model."""
 
-    def __init__(self, model_path: str | Path | None = None, classes: str = "4"):
+    def __init__(self, model_path: str | Path | None = None, classes: str = "4", head: str | None = None):
         path = Path(model_path) if model_path else None
         if path is not None and path.suffix == ".keras":
             import keras
 
-            self._keras = keras.models.load_model(path, compile=False)
-            self.classes = keras_model_classes(path, self._keras.output_shape[-1])
+            from moodlens.training.export import checkpoint_heads, single_head
+
+            model = keras.models.load_model(path, compile=False)
+            heads = checkpoint_heads(model, path)
+            head = head if head in heads else next(iter(heads))  # a two-head net: FER2013's unless told
+            self._keras = single_head(model, head)
+            self.classes = heads[head].classes
             self.logits = True
         else:
             from moodlens.engine.classify import ExpressionClassifier
@@ -93,10 +98,12 @@ def evaluate(
     ferplus: str | Path | None = None,
     model: str | Path | None = None,
     exclude_training_duplicates: bool = False,
+    head: str | None = None,
 ) -> dict:
-    """Evaluate `model` (default: the shipped model for `classes`) on `split`; the JSON-ready result."""
+    """Evaluate `model` (default: the shipped model for `classes`; `head` of a two-head checkpoint) on `split`;
+    the JSON-ready result."""
     cs = class_set(classes)
-    predictor = Predictor(model, classes=classes)
+    predictor = Predictor(model, classes=classes, head=head)
     frame = read_fer2013(fer2013)
     drop = training_duplicates(frame, split) if exclude_training_duplicates else np.zeros(0, np.int64)
 

@@ -1,8 +1,10 @@
 """Export a trained Keras classifier to a single .tflite file that LiteRT runs without TensorFlow.
 
 The exported graph takes raw grayscale faces (N, 48, 48, 1) float32 0..255 and returns calibrated class
-probabilities: softmax(logits[:, columns] / temperature). `columns` restricts a 7-class network to a subset
-(the shipped 4-class model is the 7-class network restricted to angry, happy, neutral, sad).
+probabilities: softmax(logits[:, columns] * scale + bias), with one scale and one bias per class (vector
+scaling; a single temperature T is scale = 1/T, bias = 0). `columns` restricts a network to a subset (the
+4-class model is a 7- or 8-class head restricted to angry, happy, neutral, sad). A two-head checkpoint exports
+one head at a time (`single_head`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,23 @@ import numpy as np
 from moodlens.training.labels import ClassSet
 
 
-def inference_model(model, columns: list[int], temperature: float, flip_tta: bool = False):
-    """Wrap a logits model: (optionally average with the mirrored face), keep `columns`, / temperature, softmax."""
+def single_head(model, head: str | None = None):
+    """A one-output logits model: `model` itself, or the named head of a two-head checkpoint."""
+    import keras
+
+    if not isinstance(model.output, dict):
+        return model
+    if head not in model.output:
+        raise ValueError(f"the checkpoint has heads {sorted(model.output)}: choose one, not {head!r}")
+    return keras.Model(model.input, model.output[head], name=f"{model.name}_{head}")
+
+
+def inference_model(model, columns: list[int], temperature: float = 1.0, flip_tta: bool = False,
+                    scale: np.ndarray | None = None, bias: np.ndarray | None = None):
+    """Wrap a logits model: (optionally average with the mirrored face), keep `columns`, calibrate, softmax.
+
+    Calibration is `* scale + bias` per class when given, else `/ temperature`.
+    """
     import keras
 
     inputs = keras.Input(model.input_shape[1:], name="face")
@@ -25,12 +42,17 @@ def inference_model(model, columns: list[int], temperature: float, flip_tta: boo
         logits = (logits + model(keras.ops.flip(inputs, axis=2), training=False)) / 2
     picked = keras.layers.Lambda(lambda z: keras.ops.take(z, np.array(columns), axis=1), name="pick")(logits) \
         if list(columns) != list(range(model.output_shape[-1])) else logits
-    probs = keras.layers.Activation("softmax", name="probabilities")(picked / float(temperature))
+    if scale is None:
+        calibrated = picked / float(temperature)
+    else:
+        calibrated = picked * np.asarray(scale, np.float32) + np.asarray(bias if bias is not None else 0, np.float32)
+    probs = keras.layers.Activation("softmax", name="probabilities")(calibrated)
     return keras.Model(inputs, probs, name="moodlens_expression")
 
 
 def export_tflite(model, out_path: str | Path, columns: list[int], temperature: float = 1.0,
-                  quantize: str = "none", flip_tta: bool = False) -> Path:
+                  quantize: str = "none", flip_tta: bool = False, scale: np.ndarray | None = None,
+                  bias: np.ndarray | None = None) -> Path:
     """Write the calibrated, column-restricted classifier to `out_path` (.tflite).
 
     `quantize="dynamic"` stores weights as int8 (dynamic-range quantization): a quarter of the size and, with
@@ -39,7 +61,7 @@ def export_tflite(model, out_path: str | Path, columns: list[int], temperature: 
     import tensorflow as tf
 
     out_path = Path(out_path)
-    wrapped = inference_model(model, columns, temperature, flip_tta)
+    wrapped = inference_model(model, columns, temperature, flip_tta, scale, bias)
     options = {"optimizations": [tf.lite.Optimize.DEFAULT]} if quantize == "dynamic" else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / "model.tflite"
@@ -64,3 +86,110 @@ def model_logits(model, faces: np.ndarray, flip_tta: bool = False) -> np.ndarray
     if flip_tta:
         logits = (logits + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
     return logits
+
+
+def checkpoint_heads(model, ckpt: Path) -> dict[str | None, ClassSet]:
+    """{head: classes} of a checkpoint: {"fer2013": ..., "ferplus": ...} for a two-head net, {None: ...} else."""
+    from moodlens.training.evaluate import keras_model_classes
+    from moodlens.training.labels import FERPLUS_HEAD, SEVEN, class_set
+
+    if isinstance(model.output, dict):
+        return {"fer2013": SEVEN, "ferplus": FERPLUS_HEAD}
+    return {None: class_set(str(len(keras_model_classes(ckpt, model.output_shape[-1]))))}
+
+
+def label_sets(fer2013: str | Path, split: str, target: ClassSet, ferplus: str | Path | None, frame=None):
+    """{"fer2013": dataset, "ferplus": dataset (with a vote file)} of `split` over `target`."""
+    from moodlens.training.data import load_fer, read_ferplus
+
+    sets = {"fer2013": load_fer(fer2013, split, target, frame=frame)}
+    if ferplus:
+        sets["ferplus"] = load_fer(fer2013, split, target, targets="ferplus", frame=frame, votes=read_ferplus(ferplus))
+    return sets
+
+
+def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, flip_tta: bool) -> tuple[str | None, dict]:
+    """The head to export and what each head measured (accuracy per label set on the split)."""
+    if None in heads:
+        return None, {}
+    measured = {}
+    for name, classes in heads.items():
+        one = single_head(model, name)
+        cols = columns_for(classes, target)
+        measured[name] = {labels: float((model_logits(one, ds.images, flip_tta)[:, cols].argmax(1) == ds.y).mean())
+                          for labels, ds in sets.items()}
+    if head != "auto":
+        return head, measured
+    if target.name == "7":
+        return "fer2013", measured
+    return max(measured, key=lambda h: np.mean(list(measured[h].values()))), measured
+
+
+def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013: str | Path,
+                 ferplus: str | Path | None = None, split: str = "PublicTest", head: str = "auto",
+                 calibration: str = "vector", uncertain_below: float | None = None, quantize: str = "dynamic",
+                 flip_tta: bool = False, machine: str = "") -> tuple[dict, tuple[Path, ...]]:
+    """`moodlens export`: pick the head, calibrate on `split`, write the .tflite, check it against Keras,
+    measure it and write its model card. Returns (card, written paths)."""
+    import json
+
+    import keras
+    from scipy.special import softmax
+
+    from moodlens.engine.classify import ExpressionClassifier, ms_per_face
+    from moodlens.training.calibrate import calibration_report, uncertain_threshold, vector_calibration_report
+    from moodlens.training.data import read_fer2013
+    from moodlens.training.evaluate import evaluate
+    from moodlens.training.labels import class_set
+    from moodlens.training.modelcard import build_card, write_card
+
+    ckpt = Path(checkpoint)
+    full = keras.models.load_model(ckpt, compile=False)
+    heads = checkpoint_heads(full, ckpt)
+    target = class_set(classes)
+    frame = read_fer2013(fer2013)
+    sets = label_sets(fer2013, split, target, ferplus, frame)
+    head, measured = choose_head(full, heads, target, sets, head, flip_tta)
+    model, trained = single_head(full, head), heads[head]
+    cols = columns_for(trained, target)
+    # a head is calibrated on the labels it learnt: FER+ majority for the FER+ head, FER2013's otherwise
+    labels = "ferplus" if head == "ferplus" and "ferplus" in sets else "fer2013"
+    cal_set = sets[labels]
+    logits = model_logits(model, cal_set.images, flip_tta)[:, cols]
+    if calibration == "vector":
+        cal = vector_calibration_report(logits, cal_set.y)
+        scale, bias = np.array(cal["scale"], np.float32), np.array(cal["bias"], np.float32)
+    else:
+        cal = calibration_report(logits, cal_set.y) | {"method": "temperature scaling"}
+        scale, bias = np.full(len(cols), 1 / cal["temperature"], np.float32), np.zeros(len(cols), np.float32)
+    cal["fitted_on"] = f"{split}, {'FER+ majority' if labels == 'ferplus' else 'FER2013'} labels"
+    probs = softmax(logits * scale + bias, axis=1)
+    if uncertain_below is None:
+        uncertain_below = uncertain_threshold(probs, cal_set.y)
+    out = export_tflite(model, out, cols, quantize=quantize, flip_tta=flip_tta, scale=scale, bias=bias)
+
+    # round trip: the exported file must give what Keras gives
+    probe = cal_set.images[:64]
+    ref = softmax(model_logits(model, probe, flip_tta)[:, cols] * scale + bias, axis=1)
+    clf = ExpressionClassifier(out, num_threads=1)
+    max_diff = float(np.abs(ref - clf.predict(probe)).max())
+
+    card_path = out.with_suffix(".json")
+    card_path.unlink(missing_ok=True)  # the card is rebuilt below from what was measured
+    metrics = {}
+    for dedup in (False, True):
+        res = evaluate(fer2013, split, classes, ferplus, out, exclude_training_duplicates=dedup)
+        for key, block, name in (("fer2013", res, "FER2013"), ("ferplus", res.get("ferplus"), "FER+ majority")):
+            if block is not None:
+                metrics[f"{split}_{key}{'_dedup' if dedup else ''}"] = {
+                    "split": split + (", without Training duplicates" if dedup else ""), "labels": name,
+                    "n": block["n"], "accuracy": block["accuracy"], "macro_f1": block["macro_f1"],
+                    "per_class": block["per_class"]}
+    run_cfg = json.loads((ckpt.parent / "config.json").read_text()) if (ckpt.parent / "config.json").exists() else {}
+    card = build_card(
+        classes=target, trained=trained, head=head, head_choice=measured, cols=cols, out=out, quantize=quantize,
+        flip_tta=flip_tta, parameters=int(model.count_params()), calibration=cal, uncertain_below=uncertain_below,
+        metrics=metrics, max_diff=max_diff, run_cfg=run_cfg, split=split,
+        speed={"ms_per_face_batch1": ms_per_face(clf, 1), "ms_per_face_batch32": ms_per_face(clf, 32),
+               "runtime": "LiteRT (ai-edge-litert), 1 thread", "machine": machine})
+    return card, (out, *write_card(card, card_path))

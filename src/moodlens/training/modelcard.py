@@ -5,6 +5,71 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moodlens.models import DATA_TERMS, INTENDED_USE, LIMITATIONS
+
+
+def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
+    """What the run did, in a sentence or three, from its config.json."""
+    aug = ("augmentation: random rotation/scale/shift in one affine, horizontal flip, brightness/contrast "
+           "jitter, random erasing")
+    optimizer = "SGD with Nesterov momentum" if run_cfg.get("optimizer") == "sgd" else "AdamW"
+    ema = f", an exponential moving average of the weights (decay {run_cfg['ema']})" if run_cfg.get("ema") else ""
+    if run_cfg.get("targets") == "heads":
+        what = ("two heads on one trunk: a FER2013 head (the 7 FER2013 labels, every Training row, label "
+                f"smoothing {run_cfg.get('label_smoothing', '?')}) and a FER+ head (cross-entropy on the FER+ vote "
+                "distribution over its 8 emotions, as microsoft/FERPlus does; rows whose votes go to 'unknown' or "
+                "'not a face' have no FER+ target)")
+    else:
+        what = (f"{run_cfg.get('classes', trained_name)} classes, targets '{run_cfg.get('targets', '?')}', label "
+                f"smoothing {run_cfg.get('label_smoothing', '?')}")
+    text = (f"Trained from scratch with `moodlens train` on the FER2013 Training split: {what}; "
+            f"{run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, width "
+            f"{run_cfg.get('width', 32)}, {aug}. Checkpoint selected on {split} (7-class FER2013-label accuracy).")
+    if run_cfg.get("init_from"):
+        text += f" Fine-tuned from {run_cfg['init_from']} (a run with its own config.json beside it)."
+    return text
+
+
+def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], out: Path, quantize: str,
+               flip_tta: bool, parameters: int, calibration: dict, uncertain_below: float, metrics: dict,
+               max_diff: float, run_cfg: dict, split: str, speed: dict) -> dict:
+    """The model card `moodlens export` writes, from what it measured."""
+    description = training_description(run_cfg, trained.name, split)
+    if head is not None:
+        description += (f" This file is the {head} head" + (
+            f", chosen over the other by the mean of its FER2013- and FER+-label accuracy on {split}: "
+            + "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items()) for h, m in head_choice.items())
+            if len(classes) == 4 and head_choice else "") + ".")
+    if tuple(trained.classes) != tuple(classes.classes):
+        description += (f" Its {len(trained)} outputs are restricted to {', '.join(classes.classes)} "
+                        "(softmax over those logits).")
+    return {
+        "name": f"moodlens expression-{classes.name}",
+        "summary": f"A {len(classes)}-class facial-expression classifier ({', '.join(classes.classes)}) for "
+                   "48x48 grayscale aligned face crops, small enough to run in about a millisecond on one CPU core.",
+        "classes": list(classes.classes),
+        "input": {"shape": [None, 48, 48, 1], "dtype": "float32", "channels": "grayscale", "range": "0..255",
+                  "description": "(N, 48, 48, 1) float32 grayscale pixel values 0..255 (scaling to -1..1 is inside "
+                                 "the model); faces rotated upright by the eye line and cropped square around the "
+                                 "face as moodlens.engine.align does"},
+        "output": "(N, C) calibrated class probabilities, rows sum to 1",
+        "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize, "flip_tta": flip_tta,
+        "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
+                         "parameters": parameters, "head": head, "head_choice": head_choice,
+                         "trained_classes": list(trained.classes),
+                         "output_columns": cols},
+        "temperature": calibration["temperature"], "calibration": calibration,
+        "uncertain_below": uncertain_below,
+        "metrics": metrics,
+        "export_check": {"max_abs_diff_vs_keras": max_diff},
+        "speed": speed,
+        "training": {"description": description, "config": run_cfg},
+        "data_terms": DATA_TERMS,
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+        "face_detector": "BlazeFace short- and full-range (Google MediaPipe, Apache-2.0); see face_detection.md",
+    }
+
 
 def write_card(card: dict, json_path: Path) -> tuple[Path, Path]:
     """Write `card` as JSON and as Markdown beside it."""
@@ -15,10 +80,23 @@ def write_card(card: dict, json_path: Path) -> tuple[Path, Path]:
 
 
 def _metric_rows(metrics: dict) -> list[str]:
-    rows = ["| split | labels | n | accuracy | macro-F1 |", "|---|---|---|---|---|"]
+    rows = ["| split | labels | n | accuracy | macro-F1 | recall per class |", "|---|---|---|---|---|---|"]
     for m in metrics.values():
-        rows.append(f"| {m['split']} | {m['labels']} | {m['n']} | {m['accuracy']:.2%} | {m['macro_f1']:.3f} |")
+        recall = ", ".join(f"{c} {v['recall']:.2f}" for c, v in m.get("per_class", {}).items())
+        rows.append(f"| {m['split']} | {m['labels']} | {m['n']} | {m['accuracy']:.2%} | {m['macro_f1']:.3f} "
+                    f"| {recall} |")
     return rows
+
+
+def _calibration_line(cal: dict) -> str:
+    if "scale" in cal:
+        return (f"Scores are calibrated by vector scaling (a scale and a bias per class, fitted on "
+                f"{cal.get('fitted_on', 'PublicTest')}): NLL {cal.get('nll_before')} -> {cal.get('nll_after')}, "
+                f"ECE {cal.get('ece_before')} -> {cal.get('ece_after')} (a single temperature, T = "
+                f"{cal.get('temperature')}, gives ECE {cal.get('ece_temperature')}).")
+    return (f"Scores are temperature-scaled (T = {cal.get('temperature')}) on {cal.get('fitted_on', 'PublicTest')}: "
+            f"NLL {cal.get('nll_before')} -> {cal.get('nll_after')}, "
+            f"ECE {cal.get('ece_before')} -> {cal.get('ece_after')}.")
 
 
 def card_markdown(card: dict) -> str:
@@ -43,10 +121,8 @@ def card_markdown(card: dict) -> str:
         f"{card['speed']['ms_per_face_batch32']:.2f} ms per face at batch 32",
         "",
         "## Calibration",
-        f"Scores are temperature-scaled (T = {cal.get('temperature')}) on {cal.get('fitted_on', 'PublicTest')}: "
-        f"NLL {cal.get('nll_before')} -> {cal.get('nll_after')}, "
-        f"ECE {cal.get('ece_before')} -> {cal.get('ece_after')}. "
-        f"A face is flagged `uncertain` when its top score is below {card['uncertain_below']}.",
+        _calibration_line(cal) + f" A face is flagged `uncertain` when its top score is below "
+        f"{card['uncertain_below']}.",
         "",
         "## Metrics (measured with `moodlens evaluate`)",
         *_metric_rows(card["metrics"]),

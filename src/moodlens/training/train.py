@@ -270,6 +270,9 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
                     gen.state.assign(np.array([cfg.seed + i, epoch * 10_000_000], dtype=gen.state.dtype))
 
         def on_epoch_end(self, epoch, logs=None):
+            if cfg.ema and monitor.startswith("val_fer2013_7"):  # the raw weights too, to see what EMA gives
+                raw = probe_accuracy(self.model, {"fer2013_7": probes["fer2013_7"]}, classes)
+                logs["val_fer2013_7_raw_acc"] = raw["val_fer2013_7_acc"]
             swap_ema_weights(self.model)  # probe and keep the averaged weights (no-op without EMA)
             logs.update(probe_accuracy(self.model, probes, classes))
             logs["lr"] = float(keras.ops.convert_to_numpy(
