@@ -115,14 +115,17 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, cali
 
 
 @click.command("evaluate")
-@click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--fer2013", type=click.Path(exists=True, dir_okay=False),
               help="FER2013-format CSV (emotion,pixels,Usage), plain or .gz.")
 @click.option("--ferplus", type=click.Path(exists=True, dir_okay=False),
               help="FER+ vote file aligned by line; adds a 'ferplus' block for FER+ majority labels.")
-@click.option("--split", required=True, help="Usage value to evaluate, e.g. PublicTest.")
+@click.option("--split", help="Usage value to evaluate, e.g. PublicTest.")
+@click.option("--photos", type=click.Path(exists=True),
+              help="Real photos instead: a labels.csv (file,label,...; photos-dev's format) or a folder whose "
+                   "subfolder or file-name prefix is the label. Scored end to end, largest face; no face = wrong.")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
 @click.option("--model", type=click.Path(exists=True, dir_okay=False),
-              help="A .tflite or .keras model (default: the shipped model for --classes).")
+              help="A .tflite or .keras model (default: the shipped model for --classes; --photos: .tflite only).")
 @click.option("--head", type=click.Choice(["fer2013", "ferplus"]), default=None,
               help="Head of a two-head .keras checkpoint [default: fer2013].")
 @click.option("--exclude-training-duplicates", is_flag=True,
@@ -130,24 +133,34 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, cali
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder for the confusion-matrix PNG (table mode).")
-def evaluate_command(fer2013, ferplus, split, classes, model, head, exclude_training_duplicates, as_json,
+def evaluate_command(fer2013, ferplus, split, photos, classes, model, head, exclude_training_duplicates, as_json,
                      out) -> None:
-    """Evaluate a model on one split of a FER2013-format file."""
-    try:
-        from moodlens.training.evaluate import evaluate, format_table, plot_confusion
+    """Evaluate a model on one split of a FER2013-format file, or end to end on labelled photos."""
+    from moodlens.training.evaluate import evaluate, evaluate_photos, format_table, plot_confusion
 
-        result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates, head)
+    if photos is None and not (fer2013 and split):
+        raise click.UsageError("give --fer2013 and --split, or --photos")
+    try:
+        if photos is not None:
+            result = evaluate_photos(photos, classes, model)
+        else:
+            result = evaluate(fer2013, split, classes, ferplus, model, exclude_training_duplicates, head)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    for key, label in (("", "FER2013 labels"), ("ferplus", "FER+ majority labels")):
+    name = Path(photos).parent.name if photos and Path(photos).is_file() else Path(photos or split).name
+    blocks = [("", f"{name}, {classes} classes, " + ("photos end to end" if photos else "FER2013 labels")),
+              ("ferplus", f"{name}, {classes} classes, FER+ majority labels"),
+              ("excluding_repos", f"{name}, {classes} classes, without photos from "
+                                  f"{', '.join(result.get('excluding_repos', {}).get('repos', []))}")]
+    for key, title in blocks:
         if key and key not in result:
             continue
         block = result[key] if key else result
-        title = f"{split}, {classes} classes, {label}"
-        click.echo(format_table(block, title))
-        png = plot_confusion(block, title, Path(out) / f"confusion-{split}-{classes}{'-' + key if key else ''}.png")
+        click.echo(format_table(block, title) + (f"\n  faces not found: {block['faces_not_found']}"
+                                                 if "faces_not_found" in block else ""))
+        png = plot_confusion(block, title, Path(out) / f"confusion-{name}-{classes}{'-' + key if key else ''}.png")
         click.echo(f"  confusion matrix: {png}\n")

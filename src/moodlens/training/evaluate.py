@@ -152,3 +152,76 @@ def format_table(block: dict, title: str) -> str:
     for c, m in block["per_class"].items():
         lines.append(f"  {c:<10}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
     return "\n".join(lines)
+
+
+# Repositories whose photos the face-api.js / Human expression nets may have been trained or tuned on.
+PRETRAINED_SOURCES = ("justadudewhohacks/face-api.js", "vladmandic/face-api", "vladmandic/human")
+
+
+def labelled_photos(source: str | Path) -> list[dict]:
+    """[{path, label, source_repo}] from a photos-dev style `labels.csv` (rows with a label), or from a folder:
+    each image's label is its folder's name, or else the start of its file name (`sad_007.jpg`)."""
+    import csv
+
+    from moodlens.training.data import iter_image_files
+    from moodlens.training.labels import FER2013_CLASSES
+
+    source = Path(source)
+    if source.is_file():
+        with source.open(newline="") as f:
+            return [{"path": source.parent / row["file"], "label": row["label"].strip().lower(),
+                     "source_repo": row.get("source_repo", "")} for row in csv.DictReader(f)
+                    if row.get("label", "").strip()]
+    out = []
+    for path in iter_image_files(source):
+        label = path.parent.name.lower()
+        if label not in FER2013_CLASSES:
+            label = path.stem.split("_")[0].lower()
+        if label in FER2013_CLASSES:
+            out.append({"path": path, "label": label, "source_repo": ""})
+    return out
+
+
+def evaluate_photos(source: str | Path, classes: str = "4", model: str | Path | None = None,
+                    exclude_repos: tuple[str, ...] = PRETRAINED_SOURCES) -> dict:
+    """Score the whole engine on labelled real photos: decode -> detect -> align -> classify, the largest face
+    of each photo; a photo where no face is found counts as wrong. Photos labelled outside `classes` are left
+    out. With `exclude_repos`, the same block again without photos from those repositories."""
+    from moodlens.engine.analyzer import Analyzer
+    from moodlens.engine.errors import ImageError
+
+    cs = class_set(classes)
+    analyzer = Analyzer(classes=classes, model_path=model)
+    model_classes = tuple(analyzer.classes)
+    rows = [r for r in labelled_photos(source) if r["label"] in cs.classes]
+    if not rows:
+        raise ValueError(f"{source}: no photos labelled with one of {list(cs.classes)}")
+    pred, missed = [], []
+    for r in rows:
+        try:
+            faces = analyzer.analyze(r["path"]).faces
+        except (ImageError, OSError):  # an unreadable photo is a miss too, not a crash
+            faces = []
+        if not faces:
+            pred.append(-1)
+            missed.append(str(r["path"]))
+            continue
+        face = max(faces, key=lambda f: f.box.w * f.box.h)
+        scores = np.array([[face.scores[c] for c in model_classes]])
+        pred.append(int(restrict(scores, model_classes, cs).argmax(1)[0]))
+    y, pred = np.array([cs.index(r["label"]) for r in rows]), np.array(pred)
+
+    def block(keep: np.ndarray) -> dict:
+        # a missed face is wrong: scored as a prediction no class has (it lowers recall, not precision)
+        b = metrics_block(y[keep], np.where(pred[keep] < 0, len(cs), pred[keep]), cs)
+        b["faces_not_found"] = int((pred[keep] < 0).sum())
+        b["confusion"]["no_face"] = [int(((y[keep] == i) & (pred[keep] < 0)).sum()) for i in range(len(cs))]
+        return b
+
+    out = {"model": str(model or f"shipped expression-{classes}"), "photos": str(source), "classes": list(cs.classes)}
+    out.update(block(np.ones(len(rows), bool)))
+    out["faces_not_found_in"] = missed
+    if exclude_repos:
+        keep = np.array([r["source_repo"] not in exclude_repos for r in rows])
+        out["excluding_repos"] = {"repos": list(exclude_repos), **block(keep)}
+    return out
