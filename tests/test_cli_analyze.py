@@ -153,3 +153,34 @@ def test_subprocess_with_a_process_pool(photos):
 def test_no_inputs(tmp_path):
     result = CliRunner().invoke(main, ["analyze", str(tmp_path)])
     assert result.exit_code == 2 and "no images" in result.output
+
+
+def test_annotate_into_the_input_folder_is_refused_and_loses_nothing(tmp_path, astronaut_rgb):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(encode(astronaut_rgb))
+    before = photo.read_bytes()
+    out = run(str(tmp_path), "--annotate", str(tmp_path), "-q")
+    assert out.exit_code == 2 and "would overwrite an input" in out.output
+    assert photo.read_bytes() == before and list(tmp_path.iterdir()) == [photo]
+
+
+def test_an_output_folder_inside_the_input_is_never_rescanned(tmp_path, astronaut_rgb):
+    (tmp_path / "photo.jpg").write_bytes(encode(astronaut_rgb))
+    drawn = tmp_path / "drawn"
+    for _ in range(2):  # the rerun must not analyse its own annotated copies, nor nest drawn/drawn/
+        out = run(str(tmp_path), "--annotate", str(drawn), "-q")
+        assert out.exit_code == 0, out.output
+        assert [json.loads(line)["path"] for line in out.output.splitlines()] == [str(tmp_path / "photo.jpg")]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["drawn/photo.jpg", "photo.jpg"]
+
+
+def test_batch_refuses_an_image_as_its_output(tmp_path, astronaut_rgb):
+    pytest.importorskip("pyarrow")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(encode(astronaut_rgb))
+    before = photo.read_bytes()
+    for dest, extra in ((photo, ()), (photo, ("--format", "csv"))):
+        out = CliRunner().invoke(main, ["batch", str(tmp_path), str(dest), "--no-progress", "--workers", "1", *extra])
+        assert out.exit_code == 2, out.output
+    assert photo.read_bytes() == before

@@ -60,16 +60,38 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def collect_jobs(paths: tuple[Path, ...]) -> list[Job]:
-    """Files as given (whatever their suffix), and images/videos under folders, recursively, sorted."""
+def collect_jobs(paths: tuple[Path, ...], skip: tuple[str | None, ...] = ()) -> list[Job]:
+    """Files as given (whatever their suffix), and images/videos under folders, recursively, sorted; nothing
+    under the `skip` folders (the command's own output folders, so a rerun never reads what it wrote)."""
     suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     jobs = []
     for p in paths:
         if p.is_dir():
-            jobs += [Job(str(f), str(p)) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes]
+            # an output folder inside this input folder is skipped; one that is the input folder is not (its
+            # files are the inputs, and check_outputs refuses to write over them)
+            skipped = [o for o in (Path(s).resolve() for s in skip if s) if o != p.resolve()]
+            jobs += [Job(str(f), str(p)) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes
+                     and not any(f.resolve().is_relative_to(o) for o in skipped)]
         else:
             jobs.append(Job(str(p), missing=not p.exists()))
     return jobs
+
+
+def output_paths(job: Job, settings: Settings) -> list[Path]:
+    """Every file the run writes for `job`."""
+    if Path(job.path).suffix.lower() in VIDEO_SUFFIXES:
+        return list(timeline_paths(settings.out or settings.annotate or str(Path(job.path).parent), job, create=False))
+    return [annotated_path(settings.annotate, job, create=False)] if settings.annotate else []
+
+
+def check_outputs(jobs: list[Job], settings: Settings) -> None:
+    """Refuse a run that would write over any of its inputs (e.g. `--annotate` pointing at the input folder)."""
+    inputs = {Path(j.path).resolve() for j in jobs if not j.missing}
+    for job in jobs:
+        for out in output_paths(job, settings):
+            if out.resolve() in inputs:
+                raise click.UsageError(
+                    f"{out} would overwrite an input: choose an output folder outside the input folders")
 
 
 def _init_state(settings: Settings) -> None:
@@ -90,23 +112,24 @@ def _init_worker(settings: Settings) -> None:
     _init_state(settings)
 
 
-def _mirrored(folder: str, job: Job) -> Path:
+def _mirrored(folder: str, job: Job, create: bool = True) -> Path:
     """`job`'s path inside `folder`, keeping its sub-folders under the input folder (so names never clash)."""
     src = Path(job.path)
     out = Path(folder) / (src.relative_to(job.root) if job.root else Path(src.name))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def annotated_path(folder: str, job: Job) -> Path:
+def annotated_path(folder: str, job: Job, create: bool = True) -> Path:
     """Where the annotated copy goes: same name for JPEG/PNG, else ".jpg" appended (photo.heic.jpg)."""
-    out = _mirrored(folder, job)
+    out = _mirrored(folder, job, create)
     return out if out.suffix.lower() in (".jpg", ".jpeg", ".png") else out.with_name(out.name + ".jpg")
 
 
-def timeline_paths(folder: str, job: Job) -> tuple[Path, Path]:
+def timeline_paths(folder: str, job: Job, create: bool = True) -> tuple[Path, Path]:
     """Where a video's timeline CSV and plot go: <stem>.timeline.csv and <stem>.timeline.png."""
-    out = _mirrored(folder, job)
+    out = _mirrored(folder, job, create)
     return out.with_name(out.stem + ".timeline.csv"), out.with_name(out.stem + ".timeline.png")
 
 
@@ -227,10 +250,11 @@ def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annot
     """
     from moodlens.engine.errors import MoodlensError
 
-    jobs = collect_jobs(paths)
+    settings = Settings(classes, model_path, detector, explain, every, annotate, out)
+    jobs = collect_jobs(paths, skip=(annotate, out))
     if not jobs:
         raise click.UsageError("no images or videos found in the given paths")
-    settings = Settings(classes, model_path, detector, explain, every, annotate, out)
+    check_outputs(jobs, settings)
     try:
         _init_state(settings)
     except MoodlensError as exc:

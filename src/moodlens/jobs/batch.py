@@ -145,10 +145,15 @@ def parts_dir(dest: str) -> str:
 
 
 def infer_format(dest: str, fmt: str | None) -> str:
-    """The output format: explicit, else from DEST's extension, else Parquet."""
+    """The output format: explicit, else from DEST's extension (no extension: Parquet); an image's or another
+    unknown extension is refused rather than written over."""
     if fmt:
         return fmt
-    return _SUFFIX_FORMAT.get(os.path.splitext(dest.rstrip("/"))[1].lower(), "parquet")
+    ext = os.path.splitext(dest.rstrip("/"))[1].lower()
+    if ext and ext not in _SUFFIX_FORMAT:
+        raise click.BadParameter(f"{dest}: unknown output extension {ext!r}; use .parquet, .csv or .jsonl",
+                                 param_hint="DEST")
+    return _SUFFIX_FORMAT.get(ext, "parquet")
 
 
 def table_bytes(table, fmt: str) -> bytes:
@@ -248,6 +253,8 @@ def run_batch(
     model_classes(classes, model_path)
     workers = workers or os.cpu_count() or 1
     paths = list_inputs(src, endpoint, limit)
+    if storage.local_path(dest) in {storage.local_path(p) for p in paths if not storage.is_url(p)}:
+        raise click.BadParameter(f"{dest} is one of the inputs: write the table somewhere else", param_hint="DEST")
     settings = {"classes": str(classes), "model": str(model_path or "")}
     chunks = chunk_paths(paths, chunk_size)
     parts = parts_dir(dest)
