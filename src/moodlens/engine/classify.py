@@ -7,7 +7,7 @@ The shipped models live in `moodlens/models/` as `expression-<classes>.tflite` w
 from __future__ import annotations
 
 import json
-import threading
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from moodlens.engine.align import FACE_SIZE
 from moodlens.engine.errors import ModelError
+from moodlens.engine.runtime import InterpreterPool
 
 # Class names of the shipped models, by class set. "7" is FER2013's emotion-code order (the training data's);
 # "4" the four expressions the default model reads.
@@ -32,16 +33,16 @@ def shipped_model_path(classes: str | int = "4") -> Path:
 class ExpressionClassifier:
     """A LiteRT expression model: `predict(faces)` -> (N, C) probabilities, rows summing to 1.
 
-    Loaded once; `predict` is thread-safe (one interpreter per thread). Faces are (N, 48, 48) uint8 or float
-    grayscale 0..255, already aligned and cropped like the training data.
+    Loaded once; `predict` is thread-safe (interpreters are lent one caller at a time, see engine.runtime).
+    Faces are (N, 48, 48) uint8 or float grayscale 0..255, already aligned and cropped like the training data.
     """
 
     def __init__(self, model_path: str | Path | None = None, classes: str | int = "4", num_threads: int = 1):
         self.path = Path(model_path) if model_path else shipped_model_path(classes)
         self.card = self._read_card()
         self.num_threads = num_threads
-        self._local = threading.local()
-        interpreter = self._interpreter()  # fail at start-up, not on the first request
+        self._pool = InterpreterPool(self._load)  # fails at start-up, not on the first request
+        interpreter = self._pool.peek().interpreter
         inp, out = interpreter.get_input_details(), interpreter.get_output_details()
         in_shape, out_shape = [int(s) for s in inp[0]["shape"]], [int(s) for s in out[0]["shape"]]
         if len(inp) != 1 or in_shape[1:] != [FACE_SIZE, FACE_SIZE, 1] or inp[0]["dtype"] != np.float32 \
@@ -67,35 +68,41 @@ class ExpressionClassifier:
         except ValueError as exc:
             raise ModelError(f"{card}: model card is not valid JSON ({exc})") from exc
 
-    def _interpreter(self):
-        it = getattr(self._local, "interpreter", None)
-        if it is None:
-            from ai_edge_litert.interpreter import Interpreter
+    def _load(self) -> _Slot:
+        from ai_edge_litert.interpreter import Interpreter
 
-            if not self.path.is_file():
-                raise ModelError(f"model file not found: {self.path}")
-            try:
-                it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-                it.allocate_tensors()
-            except (ValueError, RuntimeError) as exc:
-                raise ModelError(f"{self.path}: not a loadable LiteRT model ({exc})") from exc
-            self._local.interpreter, self._local.batch = it, 1
-        return it
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        try:
+            it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+            it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.path}: not a loadable LiteRT model ({exc})") from exc
+        return _Slot(it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"])
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for faces (N, 48, 48) or (N, 48, 48, 1)."""
         x = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE, 1)
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        it = self._interpreter()
-        inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-        if self._local.batch != len(x):
-            it.resize_tensor_input(inp, x.shape, strict=False)
-            it.allocate_tensors()
-            self._local.batch = len(x)
-        it.set_tensor(inp, x)
-        it.invoke()
-        return it.get_tensor(out).copy()
+        with self._pool.borrow() as slot:
+            if slot.batch != len(x):
+                slot.interpreter.resize_tensor_input(slot.input, x.shape, strict=False)
+                slot.interpreter.allocate_tensors()
+                slot.batch = len(x)
+            slot.interpreter.set_tensor(slot.input, x)
+            slot.interpreter.invoke()
+            return slot.interpreter.get_tensor(slot.output).copy()
+
+
+@dataclass
+class _Slot:
+    """One interpreter and the batch size its tensors are allocated for."""
+
+    interpreter: object
+    input: int
+    output: int
+    batch: int = 1
 
 
 def ms_per_face(classifier: ExpressionClassifier, batch: int, repeats: int = 50) -> float:

@@ -8,7 +8,6 @@ layout follow MediaPipe's `SsdAnchorsCalculator` and `TensorsToDetectionsCalcula
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from moodlens.engine.errors import ModelError
+from moodlens.engine.runtime import InterpreterPool
 
 DETECTORS = ("auto", "short", "full")
 
@@ -87,51 +87,49 @@ def model_path(name: str) -> Path:
 
 
 class _Model:
-    """One BlazeFace model: an interpreter per thread (LiteRT interpreters are not thread-safe), shared anchors."""
+    """One BlazeFace model: interpreters lent one caller at a time (engine.runtime), shared anchors."""
 
     def __init__(self, name: str, num_threads: int):
         self.spec = SPECS[name]
         self.path = model_path(name)
         self.num_threads = num_threads
-        self._local = threading.local()
         self.anchors = ssd_anchors(self.spec.size, self.spec.strides, self.spec.anchors_per_layer)
-        it, _, boxes_idx, _ = self._interpreter()  # load now: a broken model fails at start-up
+        self._pool = InterpreterPool(self._load)  # load now: a broken model fails at start-up
+        it, _, boxes_idx, _ = self._pool.peek()
         n = int(next(d for d in it.get_output_details() if d["index"] == boxes_idx)["shape"][1])
         if n != len(self.anchors):
             raise ModelError(f"{self.path}: {n} outputs but {len(self.anchors)} anchors; wrong model file?")
 
-    def _interpreter(self):
-        cached = getattr(self._local, "state", None)
-        if cached is None:
-            from ai_edge_litert.interpreter import Interpreter
+    def _load(self):
+        from ai_edge_litert.interpreter import Interpreter
 
-            try:
-                it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-                it.allocate_tensors()
-            except (ValueError, RuntimeError) as exc:
-                raise ModelError(f"{self.path}: not a loadable face-detection model ({exc})") from exc
-            outs = it.get_output_details()
-            # regressors have 16 values per anchor, classificators 1; pick by shape, not by (model-specific) name
-            boxes = next(d["index"] for d in outs if d["shape"][-1] == 4 + 2 * NUM_KEYPOINTS)
-            scores = next(d["index"] for d in outs if d["shape"][-1] == 1)
-            cached = self._local.state = (it, it.get_input_details()[0]["index"], boxes, scores)
-        return cached
+        try:
+            it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+            it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.path}: not a loadable face-detection model ({exc})") from exc
+        outs = it.get_output_details()
+        # regressors have 16 values per anchor, classificators 1; pick by shape, not by (model-specific) name
+        boxes = next(d["index"] for d in outs if d["shape"][-1] == 4 + 2 * NUM_KEYPOINTS)
+        scores = next(d["index"] for d in outs if d["shape"][-1] == 1)
+        return it, it.get_input_details()[0]["index"], boxes, scores
 
     def candidates(self, rgb: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (K, 4) x, y, w, h, scores (K,) and keypoints (K, 6, 2), in image pixels, for every anchor
         scoring at least `min_score` (before non-maximum suppression)."""
         size = self.spec.size
         tensor, scale, pad = letterbox(rgb, size)
-        it, inp, boxes_idx, scores_idx = self._interpreter()
-        it.set_tensor(inp, tensor)
-        it.invoke()
-        raw_scores = it.get_tensor(scores_idx)[0, :, 0]
+        with self._pool.borrow() as (it, inp, boxes_idx, scores_idx):
+            it.set_tensor(inp, tensor)
+            it.invoke()
+            raw_scores = it.get_tensor(scores_idx)[0, :, 0].copy()
+            raw_boxes = it.get_tensor(boxes_idx)[0].copy()
         # compare logits, not probabilities: cheaper, and no overflow in exp for large negative logits
         logit = np.log(min_score / (1 - min_score)) if 0 < min_score < 1 else (-np.inf if min_score <= 0 else np.inf)
         keep = np.flatnonzero(raw_scores >= logit)
         if len(keep) == 0:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, NUM_KEYPOINTS, 2), np.float32)
-        raw = it.get_tensor(boxes_idx)[0, keep].astype(np.float64)
+        raw = raw_boxes[keep].astype(np.float64)
         scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores[keep].astype(np.float64), -RAW_SCORE_CLIP, RAW_SCORE_CLIP)))
         anchors = self.anchors[keep].astype(np.float64)
         # offsets are in input pixels relative to the anchor centre (anchor size 1, scale = input size)

@@ -1,0 +1,49 @@
+"""LiteRT interpreters, lent out one caller at a time.
+
+An interpreter is not thread-safe, but it need not belong to one thread either. A pool lends a free one and
+builds another only when every one is busy, so sequential requests reuse the interpreter built at start-up
+(shared copy-on-write by forked server workers) instead of each new thread building and packing its own copy
+of the weights (measured: +16 MB per thread and interpreter set in a server worker).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class InterpreterPool(Generic[T]):
+    """Objects built by `factory` (an interpreter and what goes with it), lent by `borrow()`."""
+
+    def __init__(self, factory: Callable[[], T]):
+        self._factory = factory
+        self._free: list[T] = []
+        self._lock = threading.Lock()
+        self.built = 0
+        self._free.append(self._build())  # build one now: a broken model fails at start-up
+
+    def _build(self) -> T:
+        item = self._factory()
+        self.built += 1
+        return item
+
+    @contextmanager
+    def borrow(self) -> Iterator[T]:
+        with self._lock:
+            item = self._free.pop() if self._free else None
+        if item is None:  # every one is in use: one more, kept for the next busy moment
+            item = self._build()
+        try:
+            yield item
+        finally:
+            with self._lock:
+                self._free.append(item)
+
+    def peek(self) -> T:
+        """An idle item, for reading its (immutable) details at start-up."""
+        with self._lock:
+            return self._free[-1]
