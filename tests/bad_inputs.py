@@ -113,6 +113,20 @@ def heic_with_extent(rgb: np.ndarray, width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def jpeg_scan_bomb(rgb: np.ndarray, repeats: int = 1000) -> bytes:
+    """A progressive JPEG whose last scan is repeated `repeats` times: tiny, but each scan is another full pass
+    (at 40 Mpx, 1,000 repeats decoded for 24 s)."""
+    data = save(Image.fromarray(rgb), "JPEG", quality=80, progressive=True)
+    last = data.rindex(b"\xff\xda")
+    return data[:last] + data[last:-2] * repeats + b"\xff\xd9"
+
+
+def png_chunk_bomb(png: bytes, chunks: int = 5000) -> bytes:
+    """A valid PNG with `chunks` empty image-data chunks before its real one (1.3 M of them took 18 s)."""
+    at = png.index(b"IDAT") - 4
+    return png[:at] + png_chunk(b"IDAT", b"") * chunks + png[at:]
+
+
 def exif_rotated_jpeg(rgb: np.ndarray, orientation: int = 6) -> bytes:
     """`rgb` stored turned (as a phone does), with the EXIF tag saying how to turn it back upright."""
     stored = Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90)  # orientation 6: turn 90 cw to view
@@ -207,6 +221,9 @@ def image_cases() -> tuple[ImageCase, ...]:
         c("png-7000", "png-7000.png", over_limit_png, 413, "too-large", "ImageTooLargeError"),
         c("gif-65535", "gif-65535.gif", bytes(gif_huge), 413, "too-large", "ImageTooLargeError"),
         c("bmp-30000", "bmp-30000.bmp", bytes(bmp_huge), 413, "too-large", "ImageTooLargeError"),
+        # cheap to send, costly to decode (CPU bombs): refused from the markers, before decoding
+        c("jpeg-scan-bomb", "jpeg-scan-bomb.jpg", jpeg_scan_bomb(rgb), 422, "too-complex", "ImageTooComplexError"),
+        c("png-chunk-bomb", "png-chunk-bomb.png", png_chunk_bomb(png), 422, "too-complex", "ImageTooComplexError"),
         c("one-pixel", "one-pixel.png", save(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), 422, "image-too-small",
           "ImageTooSmallError"),
         c("one-row", "one-row.png", save(Image.new("L", (4000, 1)), "PNG"), 422, "image-too-small",

@@ -207,3 +207,25 @@ def test_large_jpeg_decodes_reduced_for_analysis_with_its_full_size(orientation)
     assert decode_picture(buf.getvalue(), work_side=700).scale == 1
     png = encode(upright, "PNG")
     assert decode_picture(png, work_side=320).scale == 1
+
+
+def test_ordinary_progressive_jpeg_and_chunked_png_are_not_mistaken_for_bombs(small):
+    prog = encode(small, "JPEG", quality=90, progressive=True)
+    assert 5 <= prog.count(b"\xff\xda") <= 20
+    assert decode_image(prog).shape == small.shape
+    big = np.tile(small, (8, 8, 1))  # 1024x1024: zlib writes many full-size IDAT chunks
+    png = encode(big, "PNG")
+    assert png.count(b"IDAT") > 1
+    assert decode_image(png).shape == big.shape
+
+
+def test_cpu_bombs_are_refused_from_their_markers():
+    from bad_inputs import jpeg_scan_bomb, png_chunk_bomb
+    from moodlens.engine.errors import ImageTooComplexError
+
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    with pytest.raises(ImageTooComplexError, match="scans"):
+        decode_image(jpeg_scan_bomb(rgb, 200))
+    with pytest.raises(ImageTooComplexError, match="chunks"):
+        decode_image(png_chunk_bomb(encode(rgb, "PNG"), 1200))
+    assert decode_image(png_chunk_bomb(encode(rgb, "PNG"), 50)).shape == (64, 64, 3)  # a few are fine

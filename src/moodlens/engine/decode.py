@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from moodlens.engine.errors import ImageTooLargeError, ImageTooSmallError, NotAnImageError, TruncatedImageError
+from moodlens.engine.errors import (
+    ImageTooComplexError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    NotAnImageError,
+    TruncatedImageError,
+)
 
 try:  # HEIC/HEIF (iPhone photos) through pi-heif: libheif's decoder without pillow-heif's 23 MB x265 encoder.
     # Without it those files are reported as not an image.
@@ -35,6 +41,12 @@ if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < 2:
 MAX_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif"}  # what folders are scanned for
+# Decoding work a file may ask for beyond its pixels. A progressive photo has about 10 scans (a few more with an
+# EXIF thumbnail); a crafted 94 kB JPEG repeating its last scan 1,000 times decoded for 24 s at 40 Mpx. PNG
+# encoders write a handful of metadata chunks and image data in chunks of 8 kB or more; 1.3 M empty chunks
+# took 18 s. Counted from the markers, before any pixel is decoded.
+MAX_JPEG_SCANS = 100
+MAX_PNG_SMALL_CHUNKS = 1000  # metadata chunks plus image-data chunks under 256 bytes
 MIN_SIDE = 16  # smaller than this cannot hold a face the detector can find
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF")  # only these parsers ever see untrusted bytes
 
@@ -141,6 +153,7 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
         raise TruncatedImageError(f"the image header is corrupt ({' '.join(str(exc).split())})") from exc
     with im:
         _check_size(im.width, im.height, max_pixels)
+        _check_work(data, im.format)
         if im.format == "HEIF":
             coded = _heif_coded_size(data)
             if coded and coded[0] * coded[1] > max_pixels:
@@ -169,6 +182,28 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
             full_size = full_size[::-1]
         _check_size(*full_size, max_pixels)
         return _to_rgb(im), full_size
+
+
+def _check_work(data: bytes, fmt: str | None) -> None:
+    """Refuse files whose structure asks for absurd decoding work (ImageTooComplexError)."""
+    if fmt == "JPEG":
+        # SOS markers: in entropy-coded data a 0xFF byte is always followed by 0x00 or a marker, never by 0xDA
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageTooComplexError(f"the JPEG has {scans:,} scans (a photo has about 10; over "
+                                       f"{MAX_JPEG_SCANS} are refused) as too costly to decode")
+    elif fmt == "PNG":
+        small, pos = 0, 8
+        while pos + 8 <= len(data):
+            length, kind = struct.unpack_from(">I4s", data, pos)
+            if kind == b"IEND":
+                break
+            if kind != b"IDAT" or length < 256:
+                small += 1
+                if small > MAX_PNG_SMALL_CHUNKS:
+                    raise ImageTooComplexError(f"the PNG has over {MAX_PNG_SMALL_CHUNKS:,} metadata or tiny data "
+                                               "chunks: refused as too costly to decode")
+            pos += 12 + length
 
 
 def _heif_coded_size(data: bytes) -> tuple[int, int] | None:

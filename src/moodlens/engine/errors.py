@@ -35,6 +35,13 @@ class ImageTooLargeError(ImageError):
     status = 413
 
 
+class ImageTooComplexError(ImageError):
+    """The file is built to cost far more to decode than any photo (a CPU bomb): thousands of JPEG scans,
+    or of empty PNG chunks."""
+
+    status = 422
+
+
 class ImageTooSmallError(ImageError):
     """The image is too small to hold a face."""
 

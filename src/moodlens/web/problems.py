@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from moodlens.engine.errors import (
     ImageError,
+    ImageTooComplexError,
     ImageTooLargeError,
     ImageTooSmallError,
     NotAnImageError,
@@ -41,6 +42,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "unsupported-media-type": (415, "Unsupported Content-Type"),
     "truncated-image": (422, "Truncated or corrupt image"),
     "image-too-small": (422, "Image too small"),
+    "too-complex": (422, "Image too costly to decode"),
     "unusable-image": (422, "Unusable image"),
     "rate-limited": (429, "Too many requests"),
     "internal-error": (500, "Internal error"),
@@ -52,6 +54,7 @@ _IMAGE_ERRORS: list[tuple[type[ImageError], str]] = [
     (TruncatedImageError, "truncated-image"),
     (ImageTooLargeError, "too-large"),
     (ImageTooSmallError, "image-too-small"),
+    (ImageTooComplexError, "too-complex"),
 ]
 
 _HTTP_SLUGS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 408: "request-timeout",
