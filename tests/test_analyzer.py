@@ -208,3 +208,34 @@ def test_a_face_too_small_in_the_reduced_image_is_cropped_from_the_full_one(anal
     assert len(result.faces) == len(full.faces)
     for got, want in zip(result.faces, full.faces, strict=True):
         assert max(abs(got.scores[c] - want.scores[c]) for c in got.scores) < 0.05
+
+
+def test_python_api_takes_every_kind_of_input_and_reads_well(analyzer, astronaut_rgb, tmp_path):
+    data = encode(astronaut_rgb)
+    (tmp_path / "a.jpg").write_bytes(data)
+    inputs = {"bytes": data, "path": tmp_path / "a.jpg", "str": str(tmp_path / "a.jpg"), "array": astronaut_rgb,
+              "pil": Image.open(io.BytesIO(data)), "file": open(tmp_path / "a.jpg", "rb")}  # noqa: SIM115
+    boxes = {}
+    for name, value in inputs.items():
+        result = analyzer.analyze(value)
+        assert len(result.faces) == 1, name
+        boxes[name] = tuple(result.faces[0].box)
+    inputs["file"].close()
+    x, y, w, h = boxes["bytes"]
+    assert abs(x - ASTRONAUT_FACE[0]) < 20 and w > 50
+    face = analyzer.analyze(data).faces[0]
+    assert face.top_score == max(face.scores.values()) == face.scores[face.expression]
+    assert f"{face.top_score:.0%}" in repr(face) and "FaceBox(x=" in repr(face) and "0000" not in repr(face.box)
+
+
+def test_python_api_refuses_urls_and_bad_classes_clearly():
+    with pytest.raises(NotAnImageError, match="URL"):
+        Analyzer().analyze("https://example.com/photo.jpg")
+    with pytest.raises(ValueError, match="classes must be one of"):
+        Analyzer(classes="5")
+
+
+def test_package_ships_type_information():
+    from importlib import resources
+
+    assert resources.files("moodlens").joinpath("py.typed").is_file()

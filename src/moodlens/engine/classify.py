@@ -38,6 +38,8 @@ class ExpressionClassifier:
     """
 
     def __init__(self, model_path: str | Path | None = None, classes: str | int = "4", num_threads: int = 1):
+        if model_path is None and str(classes) not in CLASSES:
+            raise ValueError(f"classes must be one of {sorted(CLASSES)} (the shipped models), not {classes!r}")
         self.path = Path(model_path) if model_path else shipped_model_path(classes)
         self.card = self._read_card()
         self.num_threads = num_threads

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,8 @@ MAX_PNG_SMALL_CHUNKS = 1000  # metadata chunks plus image-data chunks under 256 
 MIN_SIDE = 16  # smaller than this cannot hold a face the detector can find
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF")  # only these parsers ever see untrusted bytes
 
-ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray
+# bytes, a path, an RGB(A)/grey array, a PIL image, or a binary file object (anything with .read())
+ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray | Image.Image | typing.BinaryIO
 
 
 @dataclass
@@ -85,8 +87,8 @@ def decode_picture(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int
                    work_side: int | None = None) -> Picture:
     """`decode_image`, but a JPEG whose longer side is at least twice `work_side` is decoded at the largest
     DCT reduction that keeps its longer side at `work_side` or more (see `Picture`)."""
-    if isinstance(data, np.ndarray):
-        rgb = _from_array(data, max_pixels)
+    if isinstance(data, np.ndarray | Image.Image):
+        rgb = decode_image(data, max_bytes, max_pixels)
         return Picture(rgb, rgb.shape[1], rgb.shape[0])
     raw = _checked_bytes(data, max_bytes)
     rgb, (width, height) = _from_bytes(raw, max_pixels, work_side)
@@ -96,21 +98,33 @@ def decode_picture(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int
 def decode_image(data: ImageInput, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode `data` to an upright RGB uint8 array (H, W, 3).
 
-    `data` is encoded image bytes, a path to an image file, or an array (H, W), (H, W, 1|3|4) of uint8/uint16
-    (arrays are taken as RGB(A), not OpenCV's BGR). Raises NotAnImageError, TruncatedImageError,
+    `data` is encoded image bytes, a path to an image file, a binary file object, a PIL image, or an array
+    (H, W), (H, W, 1|3|4) of uint8/uint16 (arrays are taken as RGB(A), not OpenCV's BGR). URLs are refused:
+    moodlens never fetches anything. Raises NotAnImageError, TruncatedImageError,
     ImageTooLargeError (over `max_bytes` or `max_pixels`) or ImageTooSmallError (a side under 16 pixels);
     a path that does not exist raises FileNotFoundError.
     """
     if isinstance(data, np.ndarray):
         return _from_array(data, max_pixels)
+    if isinstance(data, Image.Image):
+        _check_size(data.width, data.height, max_pixels)
+        return _to_rgb(_upright(data))
     return _from_bytes(_checked_bytes(data, max_bytes), max_pixels)[0]
 
 
 def _checked_bytes(data: ImageInput, max_bytes: int) -> bytes:
+    if isinstance(data, str) and data.split("://", 1)[0].lower() in ("http", "https", "ftp", "s3", "gs", "file"):
+        raise NotAnImageError(f"{data}: a URL; moodlens reads local files and bytes only (fetch it first, or use "
+                              "`moodlens batch` for s3:// folders)")
     if isinstance(data, str | Path):
         data = _read_file(Path(data), max_bytes)
+    elif hasattr(data, "read"):  # a binary file object: read one byte past the limit to know it is over
+        data = data.read(max_bytes + 1)
+        if isinstance(data, str):
+            raise NotAnImageError("the file object is open in text mode: open it with 'rb'")
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise NotAnImageError(f"cannot decode a {type(data).__name__}: pass bytes, a file path or an RGB array")
+        raise NotAnImageError(f"cannot decode a {type(data).__name__}: pass bytes, a file path, a binary file, a "
+                              "PIL image or an RGB array")
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"the file has {len(data):,} bytes, over the limit of {max_bytes:,}")
     if len(data) == 0:

@@ -21,6 +21,9 @@ class FaceBox:
         """`x, y, w, h = face.box`."""
         return iter((self.x, self.y, self.w, self.h))
 
+    def __repr__(self) -> str:
+        return f"FaceBox(x={self.x:.1f}, y={self.y:.1f}, w={self.w:.1f}, h={self.h:.1f})"
+
 
 @dataclass(frozen=True)
 class Face:
@@ -38,6 +41,16 @@ class Face:
     scores: dict[str, float]
     uncertain: bool
     heatmap: list[list[float]] | None = None
+
+    @property
+    def top_score(self) -> float:
+        """The probability of `expression`, the most likely class."""
+        return self.scores[self.expression]
+
+    def __repr__(self) -> str:
+        scores = ", ".join(f"{k}={v:.2f}" for k, v in self.scores.items())
+        return (f"Face({self.expression!r} {self.top_score:.0%}{', uncertain' if self.uncertain else ''}, "
+                f"box={self.box!r}, score={self.score:.2f}, scores=({scores}))")
 
     def to_dict(self) -> dict:
         d = {
