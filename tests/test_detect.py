@@ -17,7 +17,7 @@ pytest.importorskip("skimage")
 
 @pytest.fixture(scope="module")
 def detectors() -> dict[str, FaceDetector]:
-    return {name: FaceDetector(name) for name in ("auto", "short", "full")}
+    return {name: FaceDetector(name) for name in ("auto", "short", "full", "yunet")}
 
 
 def assert_is_astronaut(d: Detection, dx: float = 0, dy: float = 0) -> None:
@@ -29,15 +29,15 @@ def assert_is_astronaut(d: Detection, dx: float = 0, dy: float = 0) -> None:
     assert 0.5 < d.score <= 1
 
 
-@pytest.mark.parametrize("model", ["auto", "short", "full"])
+@pytest.mark.parametrize("model", ["auto", "short", "full", "yunet"])
 def test_astronaut_one_face(detectors, astronaut_rgb, model):
     found = detectors[model].detect(astronaut_rgb)
     assert len(found) == 1
     assert_is_astronaut(found[0])
-    assert len(found[0].keypoints) == 6
+    assert len(found[0].keypoints) == 6  # BlazeFace's (YuNet's faces of 40 px and more are refined by it)
 
 
-@pytest.mark.parametrize("model", ["auto", "short", "full"])
+@pytest.mark.parametrize("model", ["auto", "short", "full", "yunet"])
 def test_coffee_no_face(detectors, coffee_rgb, model):
     assert detectors[model].detect(coffee_rgb) == []
 
@@ -51,8 +51,8 @@ def test_group_every_face(detectors, group_photo):
     assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
 
 
-def test_small_faces_need_full_range(detectors):
-    # faces of ~10% of the picture width: too small for the short-range model; "auto" falls back to full range
+def test_small_faces_need_more_than_short_range(detectors):
+    # faces of ~10% of the picture width: too small for the short-range model; "auto" adds YuNet
     photo = compose_faces([200] * 6, width=960, height=640, cols=3)
     assert len(detectors["short"].detect(photo.rgb)) < 6
     assert len(detectors["auto"].detect(photo.rgb)) == 6
@@ -123,3 +123,45 @@ def test_threads_get_the_same_answers(detectors, astronaut_rgb, group_photo):
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(detectors["auto"].detect, images))
     assert parallel == serial
+
+
+def test_yunet_boxes_are_blazeface_style_squares(detectors, astronaut_rgb):
+    """The aligner is tuned on BlazeFace boxes: YuNet's are mapped onto the same framing."""
+    raw = detectors["yunet"]._yunet.detect(astronaut_rgb)[0]  # before BlazeFace refines it
+    short = detectors["short"].detect(astronaut_rgb)[0]
+    assert raw.box[2] == pytest.approx(raw.box[3]) and len(raw.keypoints) == 5
+    assert iou(np.array([raw.box]), np.array([short.box]))[0, 0] > 0.75
+
+
+def test_auto_finds_a_crowd_of_small_faces_on_a_large_canvas(detectors):
+    """Issue case: faces of ~40 px on a 1536x1024 canvas gave 0 of 8 with BlazeFace alone."""
+    import cv2
+
+    small = compose_faces([120] * 8, width=1536 * 3 // 4, height=1024 * 3 // 4, cols=4)
+    canvas = cv2.resize(small.rgb, (1536, 1024), interpolation=cv2.INTER_AREA)
+    canvas = cv2.resize(canvas, None, fx=1 / 3, fy=1 / 3, interpolation=cv2.INTER_AREA)  # faces of ~40 px
+    big = np.full((1024, 1536, 3), 200, np.uint8)
+    big[:canvas.shape[0], :canvas.shape[1]] = canvas
+    assert len(detectors["auto"].detect(big)) == 8
+
+
+def test_auto_keeps_the_cheap_path_for_a_clear_portrait(detectors, astronaut_rgb):
+    import cv2
+
+    portrait = cv2.resize(astronaut_rgb[30:330, 100:400], (480, 480))  # one face, ~40% of the width
+    auto = FaceDetector("auto")
+    calls = []
+    yunet = auto._yunet.detect
+    auto._yunet.detect = lambda rgb: calls.append(rgb.shape) or yunet(rgb)  # count YuNet's passes
+    assert len(auto.detect(portrait)) == 1 and calls == []  # BlazeFace short range vouched for it
+    assert len(auto.detect(np.full((480, 640, 3), 90, np.uint8))) == 0 and calls == [(480, 640, 3)]
+
+
+def test_yunet_small_faces_keep_their_own_landmarks(detectors, astronaut_rgb):
+    import cv2
+
+    tiny = cv2.resize(astronaut_rgb, (192, 192), interpolation=cv2.INTER_AREA)  # a face of ~35 px
+    canvas = np.full((600, 800, 3), 150, np.uint8)
+    canvas[200:392, 300:492] = tiny
+    found = detectors["yunet"].detect(canvas)
+    assert len(found) == 1 and len(found[0].keypoints) == 5

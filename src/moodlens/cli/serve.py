@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from moodlens.engine.detect import DETECTORS
 from moodlens.engine.errors import MoodlensError
 from moodlens.web.engines import CLASS_SETS
 from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_options
@@ -21,8 +22,9 @@ from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_
               help="Class set used when a request does not choose one.")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A .tflite expression model to use instead of the shipped one (for --classes).")
-@click.option("--detector", type=click.Choice(["auto", "short", "full"]), default="auto", show_default=True,
-              help="Face detector: short range (selfies, webcams), full range (smaller faces) or both.")
+@click.option("--detector", type=click.Choice(DETECTORS), default="auto", show_default=True,
+              help="Face detector: BlazeFace short range (selfies, webcams), full range, YuNet (groups, small "
+                   "faces), or auto (short range, then YuNet where short range cannot vouch for the photo).")
 @click.option("--max-upload-mb", type=click.FloatRange(0.1, 100), default=16, show_default=True,
               help="Largest upload; bigger bodies get 413 before they are read.")
 @click.option("--rate-limit", type=click.FloatRange(0), default=20, show_default=True,

@@ -38,7 +38,7 @@ class Analyzer:
     interpreters are kept per thread, and nothing else is mutated after construction.
 
     `classes`: "4" or "7" (the shipped model), ignored for the class names when `model_path` is given (its card
-    or output size decides). `detector`: "auto", "short" or "full" (see FaceDetector). `min_face_score`: the
+    or output size decides). `detector`: "auto", "short", "full" or "yunet" (see FaceDetector). `min_face_score`: the
     detector's confidence threshold. `uncertain_below`: a face whose top probability is below this is marked
     uncertain (default: the model card's "uncertain_below", else 0.5). `max_bytes`/`max_pixels`: input limits.
     """
@@ -73,7 +73,7 @@ class Analyzer:
         t0 = time.perf_counter()
         picture = decode_picture(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, work_side=WORK_SIDE)
         t1 = time.perf_counter()
-        found = self.detector.detect(picture.rgb)
+        found = self.detector.detect(picture.rgb, picture.full if picture.scale < 1 else None)
         t2 = time.perf_counter()
         crops = np.stack([self._crop(picture, d) for d in found]) if found else \
             np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)

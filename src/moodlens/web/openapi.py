@@ -62,7 +62,9 @@ SCHEMAS: dict[str, Any] = {
             "score": {"type": "number", "minimum": 0, "maximum": 1, "description": "Face detector confidence."},
             "keypoints": {"type": "array",
                           "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-                          "description": "Right eye, left eye, nose tip, mouth, right ear, left ear (x, y)."},
+                          "description": "The detector's landmarks (x, y): BlazeFace gives right eye, left eye, "
+                                         "nose tip, mouth, right ear, left ear; YuNet right eye, left eye, nose "
+                                         "tip, right and left mouth corners."},
             "expression": {"type": "string", "description": "The most probable class."},
             "scores": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
                        "description": "Calibrated probability of every class; they sum to 1."},
