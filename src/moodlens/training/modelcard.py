@@ -67,7 +67,8 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
         "data_terms": DATA_TERMS,
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
-        "face_detector": "BlazeFace short- and full-range (Google MediaPipe, Apache-2.0); see face_detection.md",
+        "face_detector": ("BlazeFace short range (Google MediaPipe, Apache-2.0) and YuNet (OpenCV Zoo, MIT); "
+                          "see face_detection.md"),
     }
 
 
