@@ -239,3 +239,29 @@ def test_package_ships_type_information():
     from importlib import resources
 
     assert resources.files("moodlens").joinpath("py.typed").is_file()
+
+
+def test_every_face_has_a_quality_verdict(analyzer, astronaut_rgb):
+    import cv2
+
+    from moodlens.engine.quality import QUALITIES
+
+    sharp = analyzer.analyze(astronaut_rgb).faces[0]
+    assert sharp.quality == "ok" and sharp.to_dict()["quality"] == "ok"
+    blurred = analyzer.analyze(cv2.GaussianBlur(astronaut_rgb, (0, 0), 3)).faces
+    assert [f.quality for f in blurred] == ["blurred"]
+    small = cv2.resize(astronaut_rgb, (200, 200), interpolation=cv2.INTER_AREA)  # a face of ~37 px
+    canvas = np.full((480, 640, 3), 150, np.uint8)
+    canvas[140:340, 220:420] = small
+    faces = analyzer.analyze(canvas).faces
+    assert [f.quality for f in faces] == ["small"] and set(QUALITIES) >= {f.quality for f in faces}
+
+
+def test_nose_off_the_eye_line_reads_as_profile():
+    from moodlens.engine.quality import face_quality, nose_offset
+
+    frontal = [(100, 100), (140, 100), (120, 120)]
+    turned = [(100, 100), (140, 100), (146, 120)]  # the nose past the left eye: a head turned away
+    assert nose_offset(frontal) == 0 and nose_offset(turned) > 0.5
+    crop = np.random.default_rng(0).integers(0, 255, (48, 48)).astype(np.uint8)  # sharp
+    assert face_quality(100, frontal, crop) == "ok" and face_quality(100, turned, crop) == "profile"

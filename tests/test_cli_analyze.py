@@ -57,7 +57,7 @@ def test_folder_as_json_lines(photos):
     assert records["cup.jpg"] == {"path": str(photos / "nested" / "cup.jpg"), "faces": [], "error": None}
     assert len(records["group.png"]["faces"]) == 4
     (face,) = records["face.jpg"]["faces"]
-    assert set(face) == {"box", "score", "expression", "scores", "uncertain"}
+    assert set(face) == {"box", "score", "expression", "scores", "uncertain", "quality"}
     assert len(face["box"]) == 4 and list(face["scores"]) == CLASSES
     assert sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)
     assert "images (5 faces)" in result.stderr and "1 errors" in result.stderr
@@ -82,7 +82,7 @@ def test_csv(photos):
     assert result.exit_code == 1
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(rows[0]) == ["path", "face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression",
-                             *(f"p_{c}" for c in CLASSES), "error"]
+                             "uncertain", "quality", *(f"p_{c}" for c in CLASSES), "error"]
     by_name: dict[str, list[dict]] = {}
     for row in rows:
         by_name.setdefault(Path(row["path"]).name, []).append(row)
@@ -184,3 +184,11 @@ def test_batch_refuses_an_image_as_its_output(tmp_path, astronaut_rgb):
         out = CliRunner().invoke(main, ["batch", str(tmp_path), str(dest), "--no-progress", "--workers", "1", *extra])
         assert out.exit_code == 2, out.output
     assert photo.read_bytes() == before
+
+
+def test_min_face_score_leaves_out_weaker_faces(photos):
+    group = str(photos / "nested" / "group.png")
+    every = json_lines(run(group, "-q").stdout)["group.png"]["faces"]
+    floor = sorted(f["score"] for f in every)[1] + 1e-6  # above the weakest two
+    fewer = json_lines(run(group, "-q", "--min-face-score", str(floor)).stdout)["group.png"]
+    assert len(fewer["faces"]) == len(every) - 2 and all(f["score"] >= floor for f in fewer["faces"])

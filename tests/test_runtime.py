@@ -65,3 +65,20 @@ def test_analyzer_threads_share_interpreters(astronaut_jpeg_bytes):
         t.join()
     assert analyzer.classifier._pool.built == 1
     assert all(m._pool.built == 1 for m in analyzer.detector._models.values())
+
+
+def test_a_pool_that_is_not_fork_safe_builds_afresh_in_a_child_process():
+    import os
+
+    pool = InterpreterPool(object, fork_safe=False, eager=False)
+    assert pool.built == 0  # nothing built up front: a forked child must not inherit a half-used net
+    with pool.borrow() as parents:
+        pass
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: is what it borrows its own?
+        with pool.borrow() as item:
+            os.write(write, b"own" if item is not parents and pool.built == 2 else b"inherited")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"own"

@@ -175,9 +175,19 @@ def test_malformed_multipart(client):
 
 
 @pytest.mark.parametrize("query, name", [("?classes=5", "classes"), ("?classes=four", "classes"),
-                                         ("?explain=maybe", "explain")])
+                                         ("?explain=maybe", "explain"), ("?min_face_score=2", "min_face_score"),
+                                         ("?min_face_score=high", "min_face_score"),
+                                         ("?min_face_score=nan", "min_face_score")])
 def test_bad_options(client, face_jpeg, query, name):
     assert f"`{name}`" in assert_problem(post_file(client, face_jpeg, query=query), 400, "bad-option")["detail"]
+
+
+def test_min_face_score_and_quality_in_the_answer(client, face_jpeg):
+    face = assert_one_face(post_file(client, face_jpeg).get_json())
+    assert face["quality"] == "ok" and 0.5 <= face["score"] <= 1
+    above = f"{min(face['score'] + 0.001, 1):.4f}"
+    assert post_file(client, face_jpeg, query=f"?min_face_score={above}").get_json()["faces"] == []
+    assert len(post_file(client, face_jpeg, min_face_score="0.5").get_json()["faces"]) == 1  # as a form field
 
 
 def test_text_posing_as_image(client):

@@ -24,7 +24,7 @@ from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.video import VIDEO_SUFFIXES
 
-CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression"]
+CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression", "uncertain", "quality"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Settings:
     every: int
     annotate: str | None
     out: str | None
+    min_face_score: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -153,16 +154,16 @@ def _analyze_image(job: Job, settings: Settings) -> dict:
         from moodlens.engine.render import draw_faces, encode_jpeg, encode_png
 
         rgb = decode_image(job.path, analyzer.max_bytes, analyzer.max_pixels)
-        result = analyzer.analyze(rgb, explain=settings.explain)
+        result = analyzer.analyze(rgb, explain=settings.explain, min_face_score=settings.min_face_score)
         drawn = draw_faces(rgb, result.faces)
         out = annotated_path(settings.annotate, job)
         out.write_bytes(encode_png(drawn) if out.suffix.lower() == ".png" else encode_jpeg(drawn))
     else:
-        result = analyzer.analyze(job.path, explain=settings.explain)
+        result = analyzer.analyze(job.path, explain=settings.explain, min_face_score=settings.min_face_score)
     faces = []
     for f in result.faces:
         d = f.to_dict()
-        face = {k: d[k] for k in ("box", "score", "expression", "scores", "uncertain")}
+        face = {k: d[k] for k in ("box", "score", "expression", "scores", "uncertain", "quality")}
         if f.heatmap is not None:
             face["heatmap"] = f.heatmap
         faces.append(face)
@@ -215,8 +216,8 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
     probs = [f"p_{c}" for c in classes]
     if not record["faces"]:
         return [[record["path"], *[""] * (len(CSV_FACE_COLUMNS) + len(probs)), record["error"] or ""]]
-    return [[record["path"], i, *f["box"], f["score"], f["expression"], *(f["scores"].get(c, "") for c in classes),
-             ""] for i, f in enumerate(record["faces"])]
+    return [[record["path"], i, *f["box"], f["score"], f["expression"], int(f["uncertain"]), f["quality"],
+             *(f["scores"].get(c, "") for c in classes), ""] for i, f in enumerate(record["faces"])]
 
 
 @click.command("analyze")
@@ -232,6 +233,8 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: analyze every Nth frame.")
 @click.option("--explain", is_flag=True, help="Add an occlusion heatmap per face (slower).")
+@click.option("--min-face-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Leave out faces the detector scored lower (0.5 is the lowest the detectors report).")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for video timelines (default: --annotate, else beside each video).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -239,7 +242,8 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
 @click.pass_context
 def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annotate: str | None, classes: str,
-                    model_path: str | None, detector: str, every: int, explain: bool, out: str | None,
+                    model_path: str | None, detector: str, every: int, explain: bool, min_face_score: float,
+                    out: str | None,
                     workers: int | None, quiet: bool) -> None:
     """Find faces and read their expressions in photos and videos (files or folders, recursively).
 
@@ -250,7 +254,7 @@ def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annot
     """
     from moodlens.engine.errors import MoodlensError
 
-    settings = Settings(classes, model_path, detector, explain, every, annotate, out)
+    settings = Settings(classes, model_path, detector, explain, every, annotate, out, min_face_score)
     jobs = collect_jobs(paths, skip=(annotate, out))
     if not jobs:
         raise click.UsageError("no images or videos found in the given paths")

@@ -25,6 +25,8 @@ from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_
 @click.option("--detector", type=click.Choice(DETECTORS), default="auto", show_default=True,
               help="Face detector: BlazeFace short range (selfies, webcams), full range, YuNet (groups, small "
                    "faces), or auto (short range, then YuNet where short range cannot vouch for the photo).")
+@click.option("--min-face-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Leave out faces the detector scored lower (a request's min_face_score may raise it).")
 @click.option("--max-upload-mb", type=click.FloatRange(0.1, 100), default=16, show_default=True,
               help="Largest upload; bigger bodies get 413 before they are read.")
 @click.option("--rate-limit", type=click.FloatRange(0), default=20, show_default=True,
@@ -40,8 +42,8 @@ from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
-    detector: str, max_upload_mb: float, rate_limit: float, burst: int, proxies: int, timeout: int,
-    body_timeout: float, access_log: bool,
+    detector: str, min_face_score: float, max_upload_mb: float, rate_limit: float, burst: int, proxies: int,
+    timeout: int, body_timeout: float, access_log: bool,
 ) -> None:
     """Serve the website (photos, webcam, model card) and the JSON API."""
     from moodlens.web import create_app
@@ -50,6 +52,7 @@ def serve_command(
         "MOODLENS_CLASSES": classes,
         "MOODLENS_MODEL_PATH": model_path,
         "MOODLENS_DETECTOR": detector,
+        "MOODLENS_MIN_FACE_SCORE": min_face_score,
         # Both class sets load now, in the master, so every worker shares them and none loads on a request.
         "MOODLENS_PRELOAD": CLASS_SETS if model_path is None else (classes,),
         "MOODLENS_RATE_LIMIT": rate_limit,

@@ -13,6 +13,7 @@ from moodlens.engine.classify import ExpressionClassifier
 from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, Picture, decode_picture
 from moodlens.engine.detect import Detection, FaceDetector
 from moodlens.engine.explain import occlusion_heatmaps
+from moodlens.engine.quality import face_quality
 from moodlens.engine.result import AnalysisResult, Face, FaceBox
 
 DEFAULT_UNCERTAIN_BELOW = 0.5
@@ -56,6 +57,7 @@ class Analyzer:
     ):
         self.classifier = ExpressionClassifier(model_path, classes=classes, num_threads=num_threads)
         self.detector = FaceDetector(detector, min_score=min_face_score, num_threads=num_threads)
+        self.min_face_score = min_face_score
         self.classes: tuple[str, ...] = tuple(self.classifier.classes)
         self.model_card: dict = dict(self.classifier.card)
         if uncertain_below is None:
@@ -64,16 +66,20 @@ class Analyzer:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
 
-    def analyze(self, data: ImageInput, explain: bool = False) -> AnalysisResult:
-        """All faces in `data` (image bytes, a file path, or an RGB uint8 array), best detector score first.
+    def analyze(self, data: ImageInput, explain: bool = False, min_face_score: float | None = None) -> AnalysisResult:
+        """All faces in `data` (a path, bytes, a binary file, a PIL image or an RGB array), best detector score
+        first; `min_face_score` (default: the analyzer's) leaves out faces the detector scored lower (it can
+        raise the analyzer's floor, not lower it: candidates under that are never decoded).
 
         Raises the typed errors of `moodlens.engine.decode.decode_image` for inputs that are not usable images.
         """
+        floor = self.min_face_score if min_face_score is None else max(min_face_score, self.min_face_score)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         picture = decode_picture(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, work_side=WORK_SIDE)
         t1 = time.perf_counter()
-        found = self.detector.detect(picture.rgb, picture.full if picture.scale < 1 else None)
+        found = [d for d in self.detector.detect(picture.rgb, picture.full if picture.scale < 1 else None)
+                 if d.score >= floor]
         t2 = time.perf_counter()
         crops = np.stack([self._crop(picture, d) for d in found]) if found else \
             np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
@@ -88,7 +94,7 @@ class Analyzer:
             timings["explain"] = _ms(t4, time.perf_counter())
         width, height = picture.width, picture.height
         faces = [
-            self._face(d, p, heatmaps[i] if heatmaps is not None else None, width, height)
+            self._face(d, p, heatmaps[i] if heatmaps is not None else None, width, height, crops[i])
             for i, (d, p) in enumerate(zip(detections, probs, strict=True))
         ]
         timings["total"] = _ms(t0, time.perf_counter())
@@ -120,7 +126,7 @@ class Analyzer:
         top = int(np.argmax(p))
         return self.classes[top], scores, float(p[top]) < self.uncertain_below
 
-    def _face(self, d: Detection, p: np.ndarray, heatmap, width: int, height: int) -> Face:
+    def _face(self, d: Detection, p: np.ndarray, heatmap, width: int, height: int, crop: np.ndarray) -> Face:
         label, scores, uncertain = self._read(p)
         # report the part of the box inside the image; the unclipped box (faces cut by the edge) is only
         # needed for the crop, which was taken already
@@ -135,6 +141,7 @@ class Analyzer:
             scores=scores,
             uncertain=uncertain,
             heatmap=heatmap,
+            quality=face_quality(max(w, h), d.keypoints, crop),
         )
 
 

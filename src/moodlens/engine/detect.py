@@ -223,7 +223,9 @@ class _YuNet:
     def __init__(self, min_score: float, iou_threshold: float):
         self.path = Path(str(resources.files("moodlens") / "models" / YUNET_FILE))
         self.min_score, self.iou_threshold = min_score, iou_threshold
-        self._pool = InterpreterPool(self._load)
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        self._pool = InterpreterPool(self._load, fork_safe=False, eager=False)
 
     def _load(self):
         try:

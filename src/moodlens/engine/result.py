@@ -41,6 +41,7 @@ class Face:
     scores: dict[str, float]
     uncertain: bool
     heatmap: list[list[float]] | None = None
+    quality: str = "ok"  # "ok", or why the face reads poorly: "small", "blurred", "profile" (engine.quality)
 
     @property
     def top_score(self) -> float:
@@ -49,7 +50,8 @@ class Face:
 
     def __repr__(self) -> str:
         scores = ", ".join(f"{k}={v:.2f}" for k, v in self.scores.items())
-        return (f"Face({self.expression!r} {self.top_score:.0%}{', uncertain' if self.uncertain else ''}, "
+        flags = (", uncertain" if self.uncertain else "") + (f", {self.quality}" if self.quality != "ok" else "")
+        return (f"Face({self.expression!r} {self.top_score:.0%}{flags}, "
                 f"box={self.box!r}, score={self.score:.2f}, scores=({scores}))")
 
     def to_dict(self) -> dict:
@@ -60,6 +62,7 @@ class Face:
             "expression": self.expression,
             "scores": {k: round(v, 4) for k, v in self.scores.items()},
             "uncertain": self.uncertain,
+            "quality": self.quality,
         }
         if self.heatmap is not None:
             d["heatmap"] = self.heatmap

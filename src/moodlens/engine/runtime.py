@@ -8,6 +8,7 @@ of the weights (measured: +16 MB per thread and interpreter set in a server work
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,12 +20,17 @@ T = TypeVar("T")
 class InterpreterPool(Generic[T]):
     """Objects built by `factory` (an interpreter and what goes with it), lent by `borrow()`."""
 
-    def __init__(self, factory: Callable[[], T]):
+    def __init__(self, factory: Callable[[], T], fork_safe: bool = True, eager: bool = True):
         self._factory = factory
         self._free: list[T] = []
         self._lock = threading.Lock()
         self.built = 0
-        self._free.append(self._build())  # build one now: a broken model fails at start-up
+        # An object that is not fork-safe (OpenCV DNN's nets: a forked child using its parent's hung 4 runs in
+        # 6) is never used by a child process: it builds its own.
+        self._fork_safe = fork_safe
+        self._pid = os.getpid()
+        if eager:
+            self._free.append(self._build())  # build one now: a broken model fails at start-up
 
     def _build(self) -> T:
         item = self._factory()
@@ -33,6 +39,9 @@ class InterpreterPool(Generic[T]):
 
     @contextmanager
     def borrow(self) -> Iterator[T]:
+        if not self._fork_safe and os.getpid() != self._pid:
+            self._lock = threading.Lock()  # a lock copied while another thread held it would never open
+            self._free, self._pid = [], os.getpid()
         with self._lock:
             item = self._free.pop() if self._free else None
         if item is None:  # every one is in use: one more, kept for the next busy moment

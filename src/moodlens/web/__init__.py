@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "MOODLENS_CLASSES": "4",  # class set used when a request does not say ("4" or "7")
     "MOODLENS_MODEL_PATH": None,  # a .tflite file for the default class set (None: the shipped model)
     "MOODLENS_DETECTOR": "auto",
+    "MOODLENS_MIN_FACE_SCORE": 0.5,  # faces the detector scored lower are left out (a request may raise it)
     "MOODLENS_PRELOAD": None,  # class sets loaded at start-up (None: only the default; others on first use)
     "MOODLENS_RATE_LIMIT": 20.0,  # API requests per second per client (0 or None: no limit)
     "MOODLENS_RATE_BURST": 40,  # requests a client may make at once before the rate applies

@@ -49,15 +49,30 @@ def bool_option(name: str) -> bool:
     raise ApiProblem(400, "bad-option", f"`{name}` must be 0 or 1, not {value[:20]!r}.")
 
 
+def score_option(name: str = "min_face_score") -> float:
+    """A 0..1 number option; the app's MOODLENS_MIN_FACE_SCORE when absent or empty."""
+    value = _option(name)
+    if value is None or value == "":
+        return float(current_app.config["MOODLENS_MIN_FACE_SCORE"])
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 <= number <= 1:
+        raise ApiProblem(400, "bad-option", f"`{name}` must be a number from 0 to 1, not {value[:20]!r}.")
+    return number
+
+
 @bp.post("/analyze")
 def analyze() -> Response:
     """Find the faces in one photo and read each one's expression."""
     classes = classes_option()
     explain = bool_option("explain")
+    min_face_score = score_option()
     data = read_image()
     analyzer = analyzers().get(classes)
     start = time.perf_counter()
-    result = analyzer.analyze(data, explain=explain)
+    result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score)
     elapsed_ms = (time.perf_counter() - start) * 1000
     resp = jsonify(result.to_dict())
     resp.headers["Server-Timing"] = f"analyze;dur={elapsed_ms:.1f}"

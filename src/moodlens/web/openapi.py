@@ -55,7 +55,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Face": {
         "type": "object",
-        "required": ["box", "score", "keypoints", "expression", "scores", "uncertain"],
+        "required": ["box", "score", "keypoints", "expression", "scores", "uncertain", "quality"],
         "properties": {
             "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
                     "description": "[x, y, width, height] in image pixels, from the top-left corner."},
@@ -69,6 +69,8 @@ SCHEMAS: dict[str, Any] = {
             "scores": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
                        "description": "Calibrated probability of every class; they sum to 1."},
             "uncertain": {"type": "boolean", "description": "True when the top score is below the model's threshold."},
+            "quality": {"type": "string", "enum": ["ok", "small", "blurred", "profile"],
+                        "description": "ok, or why the face reads poorly: under 40 px, blurred, or turned away."},
             "heatmap": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
                         "description": "With explain=1: a grid of 0..1 over the face box, top row "
                                        "first; how much hiding each region lowers the top class's score."},
@@ -130,6 +132,11 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                "description": "1: add a heatmap per face (slower). Also true/false, yes/no, on/off, any case; "
                               "empty means 0.",
                "schema": EXPLAIN_SCHEMA | {"default": "0"}}
+    floor = app.config.get("MOODLENS_MIN_FACE_SCORE", 0.5)
+    min_score = {"name": "min_face_score", "in": "query", "required": False,
+                 "description": f"Leave out faces the detector scored under this (0..1). Default {floor}; values "
+                                "under 0.5 act as 0.5.",
+                 "schema": {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)?$", "default": str(floor)}}
     limits = f"Bodies over {max_bytes} bytes get 413 before they are read. " if max_bytes else ""
     if rate:
         limits += f"At most {rate:g} requests per second per client (429 with Retry-After when over). "
@@ -153,7 +160,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "description": "Send one photo (JPEG, PNG, WebP, GIF, BMP, HEIC) as the multipart field "
                                    "`image`, or as the raw body with an image/* Content-Type. Options go in the "
                                    "query string (or, with multipart, as form fields).",
-                    "parameters": [classes, explain],
+                    "parameters": [classes, explain, min_score],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -166,6 +173,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                                                   "description": "The photo, one file."},
                                         "classes": CLASSES_SCHEMA,
                                         "explain": EXPLAIN_SCHEMA,
+                                        "min_face_score": {"type": "string"},
                                     },
                                 },
                             },

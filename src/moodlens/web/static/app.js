@@ -113,7 +113,14 @@
       head.append(el("span", "swatch"));
       head.append(el("span", "face-name", "Face " + (i + 1) + ": " + face.expression));
       if (face.uncertain) head.append(el("span", "badge", "uncertain"));
+      if (face.quality && face.quality !== "ok") {
+        const why = {small: "small face", blurred: "blurred", profile: "turned away"}[face.quality] || face.quality;
+        const badge = el("span", "badge quality", why);
+        badge.title = "This face is hard to read (" + why + "): treat its label with care.";
+        head.append(badge);
+      }
       item.append(head);
+      item.append(el("p", "face-score", "face detector score " + face.score.toFixed(2)));
       const bars = el("dl", "bars");
       const entries = Object.entries(face.scores).sort(function (a, b) { return b[1] - a[1]; });
       for (const [name, p] of entries) {
