@@ -54,6 +54,11 @@ class Detection:
     score: float
     keypoints: tuple[tuple[float, float], ...]
 
+    def shifted(self, dx: float, dy: float) -> Detection:
+        """The same face in an image whose origin is (-dx, -dy) in this one's (a crop at dx, dy, seen whole)."""
+        x, y, w, h = self.box
+        return Detection((x + dx, y + dy, w, h), self.score, tuple((kx + dx, ky + dy) for kx, ky in self.keypoints))
+
     def scaled(self, factor: float) -> Detection:
         """The same face in an image `factor` times as large."""
         if factor == 1:
@@ -319,8 +324,7 @@ class FaceDetector:
         crop = rgb[y0:int(min(cy + half, rgb.shape[0])), x0:int(min(cx + half, rgb.shape[1]))]
         if min(crop.shape[:2]) < MIN_REFINE_CROP:
             return d
-        local = [Detection((bx + x0, by + y0, bw, bh), c.score, tuple((kx + x0, ky + y0) for kx, ky in c.keypoints))
-                 for c in self._run("short", crop) for bx, by, bw, bh in [c.box]]
+        local = [c.shifted(x0, y0) for c in self._run("short", crop)]
         overlap = iou(np.array([c.box for c in local]), np.array([d.box]))[:, 0] if local else np.zeros(1)
         best = int(overlap.argmax())
         if overlap[best] < 0.5:
