@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fer_fixtures import make_fer_pair
+from fer_fixtures import make_fer_pair, synthetic_faces
 
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -183,3 +184,47 @@ def test_export_picks_the_four_class_head_by_measurement(tmp_path, heads_run):
     mean = {h: np.mean(list(m.values())) for h, m in measured.items()}
     assert card["architecture"]["head"] == max(mean, key=mean.get)
     assert "chosen over the other" in card["training"]["description"]
+
+
+SHIPPED_SEVEN = Path(__file__).resolve().parents[1] / "src" / "moodlens" / "models" / "expression-7.tflite"
+
+
+def test_a_shipped_model_is_recovered_as_a_trainable_network_giving_the_same_scores():
+    """The .tflite file's int8 weights, folded batch norms and calibration are undone into a Keras network."""
+    from scipy.special import softmax
+
+    from moodlens.training.recover import classifier_from_tflite
+
+    faces = synthetic_faces(np.arange(64) % 7)
+    model = classifier_from_tflite(SHIPPED_SEVEN, faces)
+    temperature = json.loads(SHIPPED_SEVEN.with_suffix(".json").read_text())["temperature"]
+    ours = softmax(model.predict(faces[..., None].astype(np.float32), verbose=0) / temperature, axis=1)
+    shipped = ExpressionClassifier(SHIPPED_SEVEN, num_threads=1).predict(faces)
+    assert float(np.abs(ours - shipped).max()) < 0.03  # the file runs int8 kernels; the recovered net float32
+    # batch statistics of the same faces reproduce the folded normalisation in training mode as well
+    batch = np.asarray(model(faces[..., None].astype(np.float32), training=True))
+    assert np.allclose(batch, model.predict(faces[..., None].astype(np.float32), verbose=0), atol=1e-2)
+
+
+def test_a_two_head_run_starts_from_a_shipped_model_with_both_heads_giving_its_scores(tmp_path):
+    from moodlens.training.labels import FERPLUS_HEAD, SEVEN
+    from moodlens.training.recover import classifier_from_tflite
+    from moodlens.training.train import HEADS, init_from_checkpoint
+
+    faces = synthetic_faces(np.arange(32) % 7)
+    recovered = classifier_from_tflite(SHIPPED_SEVEN, faces).predict(faces[..., None].astype(np.float32), verbose=0)
+    model = init_from_checkpoint(str(SHIPPED_SEVEN), HEADS, faces=faces)
+    heads = model.predict(faces[..., None].astype(np.float32), verbose=0)
+    assert np.allclose(heads["fer2013"], recovered, atol=1e-4)
+    shared = [c for c in FERPLUS_HEAD.classes if c in SEVEN.classes]
+    assert np.allclose(heads["ferplus"][:, [FERPLUS_HEAD.index(c) for c in shared]],
+                       recovered[:, [SEVEN.index(c) for c in shared]], atol=1e-4)
+    kernel, bias = model.get_layer("ferplus_logits").get_weights()
+    contempt = FERPLUS_HEAD.index("contempt")  # a class the shipped net never saw starts flat and unlikely
+    assert not kernel[:, contempt].any() and bias[contempt] == bias.min()
+    with pytest.raises(ValueError, match="--width 32"):
+        init_from_checkpoint(str(SHIPPED_SEVEN), HEADS, width=36, faces=faces)
+    cfg = heads_config(tmp_path, "from-shipped")
+    cfg.width, cfg.init_from = 32, str(SHIPPED_SEVEN)
+    run = train(cfg, verbose=0)
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 1

@@ -136,28 +136,63 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
         warmup_target=cfg.lr, warmup_steps=warmup)
 
 
-def init_from_checkpoint(path: str, classes: tuple[str, ...]):
-    """A checkpoint's network with its logits cut down to `classes` (their rows of the old head kept).
-
-    The new model starts out giving exactly the old model's restricted output, so fine-tuning starts from there.
-    """
+def load_source(path: str, faces: np.ndarray | None = None):
+    """A checkpoint to start from, and its heads {logits layer: classes}: a training checkpoint (.keras, its
+    classes from the run's config.json) or a shipped .tflite file (its weights recovered, see recover.py)."""
     import keras
 
     from moodlens.training.evaluate import keras_model_classes
 
-    old = keras.models.load_model(path, compile=False)
-    old_classes = keras_model_classes(Path(path), old.output_shape[-1])
-    if tuple(old_classes) == tuple(classes):
-        return old
-    missing = set(classes) - set(old_classes)
-    if missing:
-        raise ValueError(f"{path} predicts {list(old_classes)}: it cannot start a run over {sorted(missing)}")
-    cols = [old_classes.index(c) for c in classes]
-    head = old.get_layer("logits")
-    logits = keras.layers.Dense(len(classes), name="logits")(head.input)
-    model = keras.Model(old.input, logits, name=old.name)
-    kernel, bias = head.get_weights()
-    model.get_layer("logits").set_weights([kernel[:, cols], bias[cols]])
+    if path.endswith(".tflite"):
+        from moodlens.training.recover import classifier_from_tflite
+
+        source = classifier_from_tflite(path, faces)
+        card = json.loads(Path(path).with_suffix(".json").read_text())
+        return source, {"logits": tuple(card["architecture"]["trained_classes"])}
+    source = keras.models.load_model(path, compile=False)
+    if isinstance(source.output, dict):
+        return source, {f"{h}_logits": HEADS[h] for h in source.output}
+    return source, {"logits": keras_model_classes(Path(path), source.output_shape[-1])}
+
+
+def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[str, ...]], dropout: float = 0.4,
+                         stage_dropout: float = 0.1, width: int | None = None, faces: np.ndarray | None = None):
+    """A fresh network over `classes` (or {head: classes}) whose trunk and logits are the checkpoint's.
+
+    Each logits column is copied from the checkpoint's column of the same class (the head of the same name if
+    the checkpoint has one), so the new model starts out giving exactly the old model's restricted output. A
+    single-head model must have all its classes in the checkpoint; a head of a two-head model may have classes
+    the checkpoint lacks (FER+'s contempt), which start at zero weight and the lowest bias.
+    """
+
+    from moodlens.training.model import build_classifier
+
+    source, source_heads = load_source(path, faces)
+    source_width = source.get_layer("stage1_conv1").filters
+    if width is not None and width != source_width:
+        raise ValueError(f"{path} has width {source_width}: start from it with --width {source_width}")
+    heads = classes if isinstance(classes, dict) else None
+    targets = {f"{h}_logits": c for h, c in heads.items()} if heads else {"logits": tuple(classes)}
+    if not heads:
+        missing = set(classes) - set(next(iter(source_heads.values())))
+        if missing:
+            raise ValueError(f"{path} predicts {list(next(iter(source_heads.values())))}: it cannot start a run "
+                             f"over {sorted(missing)}")
+    model = build_classifier({h: len(c) for h, c in heads.items()} if heads else len(classes), width=source_width,
+                             dropout=dropout, stage_dropout=stage_dropout)
+    for layer in model.layers:
+        if layer.weights and layer.name not in targets:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    for name, head_classes in targets.items():
+        from_name = name if name in source_heads else next(iter(source_heads))
+        kernel, bias = source.get_layer(from_name).get_weights()
+        new_kernel = np.zeros((kernel.shape[0], len(head_classes)), np.float32)
+        new_bias = np.full(len(head_classes), bias.min(), np.float32)
+        for j, c in enumerate(head_classes):
+            if c in source_heads[from_name]:
+                i = source_heads[from_name].index(c)
+                new_kernel[:, j], new_bias[j] = kernel[:, i], bias[i]
+        model.get_layer(name).set_weights([new_kernel, new_bias])
     return model
 
 
@@ -173,7 +208,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
 
 
-def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
+def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch: int):
     import keras
 
     from moodlens.training.model import build_classifier
@@ -181,15 +216,18 @@ def build_and_compile(cfg: TrainConfig, n_classes: int, steps_per_epoch: int):
     keras.utils.set_random_seed(cfg.seed)
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    classes = HEADS if cfg.targets == "heads" else train_set.class_set.classes
+    if cfg.init_from:  # a few thousand training faces set the batch norms of a recovered .tflite network
+        model = init_from_checkpoint(cfg.init_from, classes, cfg.dropout, cfg.stage_dropout, cfg.width,
+                                     faces=train_set.images[:4096])
+    else:
+        model = build_classifier({h: len(c) for h, c in HEADS.items()} if cfg.targets == "heads" else len(classes),
+                                 width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout)
     if cfg.targets == "heads":
-        model = build_classifier({h: len(c) for h, c in HEADS.items()}, width=cfg.width, dropout=cfg.dropout,
-                                 stage_dropout=cfg.stage_dropout)
         # the FER+ head learns the vote distribution itself: no smoothing on top of it
         loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
         metrics = {"fer2013": [accuracy]}
     else:
-        model = init_from_checkpoint(cfg.init_from, class_set(cfg.classes).classes) if cfg.init_from else \
-            build_classifier(n_classes, width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout)
         loss, metrics = smoothed, [accuracy]
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
     return model
@@ -341,7 +379,7 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
         # history rows after the checkpoint (an epoch that crashed mid-write) are dropped
         trim_history(run / "history.csv", start)
     else:
-        model = build_and_compile(cfg, len(train_set.class_set), steps)
+        model = build_and_compile(cfg, train_set, steps)
     if start >= cfg.epochs:
         return run
     # a two-head run is validated by its probes (both heads, both label sets) alone
