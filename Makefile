@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run install install-dev system-deps test lint bench
+.PHONY: run install install-dev system-deps faceapi test lint bench
 
 run: install
 	$(BIN)/moodlens serve --host $(HOST) --port $(PORT)
@@ -28,7 +28,11 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.serve-installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test: install-dev system-deps
+# face-api.js (weights + tfjs) into .cache/faceapi for the FaceExpressionNet port's parity test; a no-op once there.
+faceapi:
+	bash scripts/fetch-faceapi.sh
+
+test: install-dev system-deps faceapi
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest
 
