@@ -22,12 +22,23 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
     else:
         what = (f"{run_cfg.get('classes', trained_name)} classes, targets '{run_cfg.get('targets', '?')}', label "
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")
-    text = (f"Trained from scratch with `moodlens train` on the FER2013 Training split: {what}; "
-            f"{run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, width "
-            f"{run_cfg.get('width', 32)}, {aug}. Checkpoint selected on {split} (7-class FER2013-label accuracy).")
-    if run_cfg.get("init_from"):
-        text += f" Fine-tuned from {run_cfg['init_from']} (a run with its own config.json beside it)."
-    return text
+    recipe = (f"{what}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
+              f"width {run_cfg.get('width', 32)}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
+              "accuracy).")
+    if not run_cfg.get("init_from"):
+        return f"Trained from scratch with `moodlens train` on the FER2013 Training split: {recipe}"
+    return (f"Fine-tuned with `moodlens train` on the FER2013 Training split, starting from "
+            f"{init_source(run_cfg['init_from'])}: {recipe}")
+
+
+def init_source(path: str) -> str:
+    """What a run started from: a shipped file (with what its card says of its own training) or a checkpoint."""
+    card = Path(path).with_suffix(".json")
+    if path.endswith(".tflite") and card.exists():
+        before = json.loads(card.read_text()).get("training", {}).get("description", "")
+        return (f"the shipped {Path(path).name} (its int8 weights recovered into Keras; that model: "
+                f"{before.rstrip('.')})")
+    return f"{Path(path).name} (a run with its own config.json beside it)"
 
 
 def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], out: Path, quantize: str,
