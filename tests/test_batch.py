@@ -66,7 +66,7 @@ def test_formats_by_extension_and_flag(photo_set, tmp_path):
     for name, extra in [("o.csv", []), ("o.jsonl", []), ("o.data", ["--format", "csv"])]:
         result = runner.invoke(main, ["batch", str(photo_set / "broken"), str(tmp_path / name), "--workers", "1",
                                       "--no-progress", *extra])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # every image failed; the table has their rows
         assert "3 images, 0 faces, 3 errors" in result.output
     csv = pacsv.read_csv(tmp_path / "o.csv")
     assert csv.num_rows == 3 and csv.column_names == output_columns(("angry", "happy", "neutral", "sad"))
@@ -99,8 +99,8 @@ def test_s3_source_and_destination(photo_set, photo_set_batch, s3_env, tmp_path)
     dest = f"s3://{bucket}/out/photos.parquet"
     result = CliRunner().invoke(main, ["batch", src, dest, "--workers", "2", "--chunk-size", "50",
                                        "--no-progress", "--s3-endpoint", s3_env.endpoint])
-    assert result.exit_code == 0, result.output
-    assert "243 images" in result.output
+    assert result.exit_code == 1, result.output  # the 3 broken images
+    assert "243 images" in result.output and "3 errors" in result.output
     table = pq.read_table(s3_env.filesystem().open(dest.removeprefix("s3://")))
     assert_same_rows(table, photo_set_batch, strip_a=src + "/", strip_b=str(photo_set) + "/")
     assert storage.list_files(parts_dir(dest)) == []
@@ -131,7 +131,8 @@ def test_resume_after_sigkill_gives_every_image_once(photo_set, photo_set_batch,
 
     result = CliRunner().invoke(main, ["batch", str(photo_set), str(dest), "--workers", "2", "--chunk-size", "8",
                                        "--limit", "96", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the first 96 include the 3 broken images
+    assert "3 errors" in result.output
     assert f"resuming: {len(done)} of 12 parts already done" in result.output
     table = pq.read_table(dest)
     first96 = storage.list_images(str(photo_set))[:96]

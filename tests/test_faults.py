@@ -129,3 +129,26 @@ def test_cli_batch_stops_before_any_part(bad_models, kind, workers, tmp_path):
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert_one_line_failure(result.exit_code, result.output, path)
     assert not dest.exists() and not (tmp_path / "out.parquet.parts").exists()
+
+
+@pytest.mark.parametrize("card", ["[1, 2]", "null", '{"classes": 5}', '{"classes": "abcd"}',
+                                  '{"classes": ["a", "a", "b", "c"]}', '{"uncertain_below": "hot"}', "a folder"])
+def test_a_malformed_card_is_a_one_line_error(tmp_path, card):
+    """Valid JSON of the wrong shape (each was a traceback, or "abcd" silently four classes a, b, c, d), or a
+    card that cannot be read."""
+    from moodlens.cli import main
+
+    path = tmp_path / "m.tflite"
+    shutil.copy(shipped_model_path("4"), path)
+    if card == "a folder":
+        path.with_suffix(".json").mkdir()
+    else:
+        path.with_suffix(".json").write_text(card)
+    with pytest.raises(ModelError, match="m.json") as info:
+        Analyzer(model_path=path)
+    assert "\n" not in str(info.value)
+    photo = tmp_path / "p.png"
+    photo.write_bytes(b"\x89PNG not really")
+    result = CliRunner().invoke(main, ["analyze", "--workers", "1", "--model", str(path), str(photo)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert_one_line_failure(result.exit_code, result.output, path)

@@ -22,6 +22,8 @@ import click
 
 from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.detect import DETECTORS
+from moodlens.engine.runtime import quiet_native_output
+from moodlens.engine.safeio import check_regular, csv_cell, list_inside, printable, write_atomic
 from moodlens.engine.video import VIDEO_SUFFIXES
 
 CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression", "uncertain", "quality"]
@@ -39,6 +41,7 @@ class Settings:
     annotate: str | None
     out: str | None
     min_face_score: float = 0.5
+    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,26 +66,39 @@ def default_workers() -> int:
 
 def collect_jobs(paths: tuple[Path, ...], skip: tuple[str | None, ...] = ()) -> list[Job]:
     """Files as given (whatever their suffix), and images/videos under folders, recursively, sorted; nothing
-    under the `skip` folders (the command's own output folders, so a rerun never reads what it wrote)."""
-    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    under the `skip` folders (the command's own output folders, so a rerun never reads what it wrote).
+
+    Folders are listed like `moodlens batch` lists them (`safeio.list_inside`): links that lead outside the
+    folder are skipped, FIFOs and devices are kept so that each gets its error line."""
     jobs = []
     for p in paths:
         if p.is_dir():
-            # an output folder inside this input folder is skipped; one that is the input folder is not (its
-            # files are the inputs, and check_outputs refuses to write over them)
-            skipped = [o for o in (Path(s).resolve() for s in skip if s) if o != p.resolve()]
-            jobs += [Job(str(f), str(p)) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes
-                     and not any(f.resolve().is_relative_to(o) for o in skipped)]
+            jobs += _folder_jobs(p, skip)
         else:
             jobs.append(Job(str(p), missing=not p.exists()))
     return jobs
 
 
+def _folder_jobs(folder: Path, skip: tuple[str | None, ...]) -> list[Job]:
+    # an output folder inside this input folder is skipped; one that is the input folder is not (its files are
+    # the inputs, and check_outputs refuses to write over them)
+    skipped = [o for o in (Path(s).resolve() for s in skip if s) if o != folder.resolve()]
+    files = [folder / key for key in list_inside(folder, IMAGE_SUFFIXES | VIDEO_SUFFIXES)]
+    # a video's timeline plot beside it is this command's output, not a photo to analyze on a rerun
+    plots = {f.with_name(f.stem + ".timeline.png") for f in files if f.suffix.lower() in VIDEO_SUFFIXES}
+    return [Job(str(f), str(folder)) for f in files
+            if f not in plots and not any(f.resolve().is_relative_to(o) for o in skipped)]
+
+
+def is_video(job: Job) -> bool:
+    return Path(job.path).suffix.lower() in VIDEO_SUFFIXES
+
+
 def output_paths(job: Job, settings: Settings) -> list[Path]:
     """Every file the run writes for `job`."""
-    if Path(job.path).suffix.lower() in VIDEO_SUFFIXES:
-        return list(timeline_paths(settings.out or settings.annotate or str(Path(job.path).parent), job, create=False))
-    return [annotated_path(settings.annotate, job, create=False)] if settings.annotate else []
+    if is_video(job):
+        return list(timeline_paths(job, settings))
+    return [annotated_path(settings.annotate, job)] if settings.annotate else []
 
 
 def check_outputs(jobs: list[Job], settings: Settings) -> None:
@@ -92,7 +108,8 @@ def check_outputs(jobs: list[Job], settings: Settings) -> None:
         for out in output_paths(job, settings):
             if out.resolve() in inputs:
                 raise click.UsageError(
-                    f"{out} would overwrite an input: choose an output folder outside the input folders")
+                    f"{printable(str(out))} would overwrite an input: choose an output folder outside the input "
+                    "folders")
 
 
 def _init_state(settings: Settings) -> None:
@@ -110,28 +127,34 @@ def _init_worker(settings: Settings) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # the pool is the parallelism; OpenCV's own threads would only contend for cores
-    _init_state(settings)
+    with quiet_native_output(settings.quiet):  # a spawned worker builds its own models (a forked one has them)
+        _init_state(settings)
 
 
-def _mirrored(folder: str, job: Job, create: bool = True) -> Path:
+def _mirrored(folder: str, job: Job) -> Path:
     """`job`'s path inside `folder`, keeping its sub-folders under the input folder (so names never clash)."""
     src = Path(job.path)
-    out = Path(folder) / (src.relative_to(job.root) if job.root else Path(src.name))
-    if create:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    return Path(folder) / (src.relative_to(job.root) if job.root else Path(src.name))
 
 
-def annotated_path(folder: str, job: Job, create: bool = True) -> Path:
+def annotated_path(folder: str, job: Job) -> Path:
     """Where the annotated copy goes: same name for JPEG/PNG, else ".jpg" appended (photo.heic.jpg)."""
-    out = _mirrored(folder, job, create)
+    out = _mirrored(folder, job)
     return out if out.suffix.lower() in (".jpg", ".jpeg", ".png") else out.with_name(out.name + ".jpg")
 
 
-def timeline_paths(folder: str, job: Job, create: bool = True) -> tuple[Path, Path]:
-    """Where a video's timeline CSV and plot go: <stem>.timeline.csv and <stem>.timeline.png."""
-    out = _mirrored(folder, job, create)
-    return out.with_name(out.stem + ".timeline.csv"), out.with_name(out.stem + ".timeline.png")
+def timeline_root(job: Job, settings: Settings) -> Path:
+    """The folder a video's timeline is written in: --out, else --annotate, else the video's own folder."""
+    folder = settings.out or settings.annotate
+    return Path(folder) if folder else Path(job.path).parent
+
+
+def timeline_paths(job: Job, settings: Settings) -> tuple[Path, Path]:
+    """Where a video's timeline CSV and plot go: <stem>.timeline.csv and <stem>.timeline.png, mirrored under
+    --out/--annotate, else beside the video."""
+    folder = settings.out or settings.annotate
+    base = _mirrored(folder, job) if folder else Path(job.path)
+    return base.with_name(base.stem + ".timeline.csv"), base.with_name(base.stem + ".timeline.png")
 
 
 def analyze_job(job: Job) -> dict:
@@ -140,7 +163,7 @@ def analyze_job(job: Job) -> dict:
     if job.missing:
         return {"path": job.path, "faces": [], "error": "FileNotFoundError: no such file"}
     try:
-        if Path(job.path).suffix.lower() in VIDEO_SUFFIXES:
+        if is_video(job):
             return _analyze_video(job, settings)
         return _analyze_image(job, settings)
     except Exception as exc:  # a bad file must never stop the run
@@ -157,7 +180,7 @@ def _analyze_image(job: Job, settings: Settings) -> dict:
         result = analyzer.analyze(rgb, explain=settings.explain, min_face_score=settings.min_face_score)
         drawn = draw_faces(rgb, result.faces)
         out = annotated_path(settings.annotate, job)
-        out.write_bytes(encode_png(drawn) if out.suffix.lower() == ".png" else encode_jpeg(drawn))
+        write_atomic(out, encode_png(drawn) if out.suffix.lower() == ".png" else encode_jpeg(drawn), settings.annotate)
     else:
         result = analyzer.analyze(job.path, explain=settings.explain, min_face_score=settings.min_face_score)
     faces = []
@@ -173,14 +196,14 @@ def _analyze_image(job: Job, settings: Settings) -> dict:
 def _analyze_video(job: Job, settings: Settings) -> dict:
     from moodlens.engine.video import analyze_video, plot_timeline, write_timeline_csv
 
+    check_regular(job.path)  # OpenCV opens the file itself: a FIFO would block it, a device never end
     timeline = analyze_video(_STATE["analyzer"], job.path, every=settings.every)
-    folder = settings.out or settings.annotate or str(Path(job.path).parent)
-    csv_path, png_path = timeline_paths(folder, job)
-    write_timeline_csv(timeline, csv_path)
+    root, (csv_path, png_path) = timeline_root(job, settings), timeline_paths(job, settings)
+    write_timeline_csv(timeline, csv_path, root)
     record = {"path": job.path, "video": True, "frames": timeline.frames_read, "frames_analyzed":
               timeline.frames_analyzed, "timeline_csv": str(csv_path), "timeline_png": str(png_path), "error": None}
     try:
-        plot_timeline(timeline, png_path, title=Path(job.path).name)
+        plot_timeline(timeline, png_path, title=printable(Path(job.path).name), root=root)
     except ModuleNotFoundError as exc:  # the serving install has no matplotlib: the CSV is the timeline
         record.update(timeline_png=None, warning=f"no timeline plot: {exc.name} is not installed "
                                                  f"(pip install 'moodlens[plots]')")
@@ -215,9 +238,11 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
     """CSV rows of one image record: one per face, or one face-less row (no face, or the error)."""
     probs = [f"p_{c}" for c in classes]
     if not record["faces"]:
-        return [[record["path"], *[""] * (len(CSV_FACE_COLUMNS) + len(probs)), record["error"] or ""]]
-    return [[record["path"], i, *f["box"], f["score"], f["expression"], int(f["uncertain"]), f["quality"],
-             *(f["scores"].get(c, "") for c in classes), ""] for i, f in enumerate(record["faces"])]
+        rows = [[record["path"], *[""] * (len(CSV_FACE_COLUMNS) + len(probs)), record["error"] or ""]]
+    else:
+        rows = [[record["path"], i, *f["box"], f["score"], f["expression"], int(f["uncertain"]), f["quality"],
+                 *(f["scores"].get(c, "") for c in classes), ""] for i, f in enumerate(record["faces"])]
+    return [[csv_cell(v) for v in row] for row in rows]  # names and errors can carry formulas and escapes
 
 
 @click.command("analyze")
@@ -239,7 +264,8 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
               help="Folder for video timelines (default: --annotate, else beside each video).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes, one analyzer each [default: CPU cores].")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only the results: no progress bar, summary, notes or native libraries' notices on stderr.")
 @click.pass_context
 def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annotate: str | None, classes: str,
                     model_path: str | None, detector: str, every: int, explain: bool, min_face_score: float,
@@ -254,44 +280,49 @@ def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annot
     """
     from moodlens.engine.errors import MoodlensError
 
-    settings = Settings(classes, model_path, detector, explain, every, annotate, out, min_face_score)
+    settings = Settings(classes, model_path, detector, explain, every, annotate, out, min_face_score, quiet)
     jobs = collect_jobs(paths, skip=(annotate, out))
     if not jobs:
         raise click.UsageError("no images or videos found in the given paths")
     check_outputs(jobs, settings)
     try:
-        _init_state(settings)
+        with quiet_native_output(quiet):
+            _init_state(settings)
     except MoodlensError as exc:
-        raise click.ClickException(str(exc)) from exc
-    analyzer_classes = tuple(_STATE["analyzer"].classes)
-    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
-    if writer:
-        writer.writerow(["path", *CSV_FACE_COLUMNS, *(f"p_{c}" for c in analyzer_classes), "error"])
+        raise click.ClickException(printable(str(exc), lines=True)) from exc
+    counts = _print_records(run_jobs(jobs, settings, workers or default_workers()), len(jobs), fmt,
+                            tuple(_STATE["analyzer"].classes), quiet)
+    if not quiet:
+        click.echo(f"{len(jobs) - counts['videos']} images ({counts['faces']} faces), {counts['videos']} videos, "
+                   f"{counts['errors']} errors", err=True)
+    ctx.exit(1 if counts["errors"] else 0)
 
+
+def _print_records(records: Iterator[dict], total: int, fmt: str, classes: tuple[str, ...],
+                   quiet: bool) -> dict[str, int]:
+    """Print each record as it comes (JSON line or CSV rows), with a progress bar; counts faces, videos, errors."""
     from tqdm import tqdm
 
-    records = run_jobs(jobs, settings, workers or default_workers())
-    n_faces = n_errors = n_videos = 0
+    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow([csv_cell(c) for c in ["path", *CSV_FACE_COLUMNS, *(f"p_{c}" for c in classes), "error"]])
+    counts = {"faces": 0, "videos": 0, "errors": 0}
     notes = []
-    with tqdm(total=len(jobs), unit="file", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="file", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
         for record in records:
-            n_errors += record["error"] is not None
+            counts["errors"] += record["error"] is not None
             if record.get("video"):
-                n_videos += 1
-                notes.append(f"{record['path']}: {record['frames_analyzed']} of {record['frames']} frames -> "
-                             f"{record['timeline_csv']}, {record['timeline_png']}")
+                counts["videos"] += 1
+                notes.append(printable(f"{record['path']}: {record['frames_analyzed']} of {record['frames']} "
+                                       f"frames -> {record['timeline_csv']}, {record['timeline_png']}"))
             else:
-                n_faces += len(record["faces"])
-            if writer:
-                if not record.get("video"):
-                    writer.writerows(csv_rows(record, analyzer_classes))
-            else:
-                click.echo(json.dumps(record))
+                counts["faces"] += len(record["faces"])
+                if writer:
+                    writer.writerows(csv_rows(record, classes))
+            if not writer:
+                click.echo(json.dumps(record))  # ASCII-escaped: no control character reaches the terminal
             sys.stdout.flush()
             bar.update(1)
-    for note in notes:
+    for note in [] if quiet else notes:
         click.echo(note, err=True)
-    if not quiet:
-        click.echo(f"{len(jobs) - n_videos} images ({n_faces} faces), {n_videos} videos, {n_errors} errors",
-                   err=True)
-    ctx.exit(1 if n_errors else 0)
+    return counts

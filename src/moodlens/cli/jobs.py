@@ -12,8 +12,9 @@ from collections.abc import Callable
 import click
 
 from moodlens.engine.errors import MoodlensError
+from moodlens.engine.safeio import printable
 from moodlens.jobs import storage
-from moodlens.jobs.batch import DEFAULT_CHUNK_SIZE, FORMATS, run_batch
+from moodlens.jobs.batch import DEFAULT_CHUNK_SIZE, FORMATS, parts_dir, run_batch
 from moodlens.jobs.spark import (
     DEFAULT_LOCAL_MASTER,
     READ_WITH,
@@ -45,24 +46,42 @@ def s3_endpoint_option(f):
               help="Images per resumable part.")
 @click.option("--keep-parts", is_flag=True, help="Keep DEST.parts/ after merging.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Nothing on stderr but errors: no progress bar, summary, notes or native libraries' notices.")
 @s3_endpoint_option
-def batch_command(src, dest, fmt, workers, limit, classes, model_path, chunk_size, keep_parts, no_progress,
-                  s3_endpoint) -> None:
+@click.pass_context
+def batch_command(ctx, src, dest, fmt, workers, limit, classes, model_path, chunk_size, keep_parts, no_progress,
+                  quiet, s3_endpoint) -> None:
     """Analyze every image under SRC into one table at DEST, one row per face.
 
     SRC: a folder, an S3 prefix (s3://bucket/photos/) or a .txt file of paths/URLs (relative entries are
     taken from the list's folder). DEST: a local path or S3 URL; .parquet (default), .csv or .jsonl.
-    Interrupted runs resume from DEST.parts/ when rerun with the same arguments.
+    Interrupted runs resume from DEST.parts/ when rerun with the same arguments. The exit status is 1 when
+    any image failed (its row carries the error), as for `moodlens analyze`.
     """
+    refuse_linked_outputs(dest)
     try:
         s = run_batch(src, dest, fmt=fmt, workers=workers, limit=limit, classes=classes, model_path=model_path,
-                      endpoint=s3_endpoint, chunk_size=chunk_size, keep_parts=keep_parts, progress=not no_progress)
+                      endpoint=s3_endpoint, chunk_size=chunk_size, keep_parts=keep_parts, progress=not no_progress,
+                      quiet=quiet)
     except MoodlensError as exc:  # storage errors, a broken model
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(str(exc), lines=True)) from exc
     except OSError as exc:  # per-image errors are rows already: this is the listing or the output failing
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    click.echo(f"{s.images} images, {s.faces} faces, {s.errors} errors -> {s.dest} "
-               f"({s.seconds:.1f} s, {s.images_per_second:.1f} images/s)", err=True)
+        raise click.ClickException(printable(f"{type(exc).__name__}: {exc}", lines=True)) from exc
+    if not quiet:
+        click.echo(f"{s.images} images, {s.faces} faces, {s.errors} errors -> {printable(s.dest)} "
+                   f"({s.seconds:.1f} s, {s.images_per_second:.1f} images/s)", err=True)
+    ctx.exit(1 if s.errors else 0)
+
+
+def refuse_linked_outputs(dest: str) -> None:
+    """Refuse a local DEST or DEST.parts that is a symlink before any work: the run would write through it
+    (DEST.parts) or fail at the very end (DEST; `safeio.write_atomic` refuses it)."""
+    if storage.is_url(dest):
+        return
+    for path in (storage.local_path(dest), storage.local_path(parts_dir(dest))):
+        if os.path.islink(path):
+            raise click.UsageError(f"{printable(path)} is a symlink; refusing to write through it")
 
 
 def _spark_options(f):
@@ -103,15 +122,15 @@ def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Call
     try:
         s = run(spark)
     except storage.StorageError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(str(exc), lines=True)) from exc
     except OSError as exc:  # listing or writing on the driver
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(printable(f"{type(exc).__name__}: {exc}", lines=True)) from exc
     except Exception as exc:
         # a task's StorageError reaches the driver as a Python traceback inside a Spark exception
         reason = _task_storage_error(str(exc))
         if reason is None:
             raise
-        raise click.ClickException(reason) from exc
+        raise click.ClickException(printable(reason)) from exc
     finally:
         if not had_session:
             spark.stop()

@@ -3,6 +3,10 @@ the master before the workers fork."""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import socket
+
 import click
 
 from moodlens.engine.detect import DETECTORS
@@ -48,6 +52,9 @@ def serve_command(
     """Serve the website (photos, webcam, model card) and the JSON API."""
     from moodlens.web import create_app
 
+    warn_if_reachable(host)
+    check_can_listen(host, port)  # before the models load: a taken port is one line now, not 5 s of retries
+
     config = {
         "MOODLENS_CLASSES": classes,
         "MOODLENS_MODEL_PATH": model_path,
@@ -71,3 +78,32 @@ def serve_command(
                f"thread{'s' if threads > 1 else ''}, "
                f"default classes {classes}; Ctrl+C stops)", err=True)
     StandaloneApplication(app, gunicorn_options(host, port, workers, threads, timeout, access_log)).run()
+
+
+def warn_if_reachable(host: str) -> None:
+    """One line on stderr when `host` is not a loopback address: anyone on the network can then use the API,
+    which has no authentication or TLS (SECURITY.md)."""
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: only localhost is known to stay on this machine
+        loopback = host == "localhost"
+    if not loopback:
+        click.echo(f"moodlens: warning: listening on {host} is reachable from the network, with no "
+                   "authentication or TLS; see SECURITY.md (a reverse proxy in front, --proxies 1)", err=True)
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind (host, port) once the way gunicorn will (SO_REUSEADDR), so that a port in use, or an address not on
+    this machine, is a one-line error at once; gunicorn would retry for 5 s, logging each attempt. Port 0
+    (any free port) cannot be taken."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:  # socket.gaierror (an unknown host name) included
+            why = ("the port is in use (another server? choose another --port)" if exc.errno == errno.EADDRINUSE
+                   else exc.strerror or str(exc))
+            raise click.ClickException(f"cannot listen on {host} port {port}: {why}") from None

@@ -66,9 +66,12 @@ class ExpressionClassifier:
         if not card.exists():
             return {}
         try:
-            return json.loads(card.read_text())
+            content = json.loads(card.read_text())
         except ValueError as exc:
             raise ModelError(f"{card}: model card is not valid JSON ({exc})") from exc
+        except OSError as exc:  # a folder, no permission: one line, like any other broken card
+            raise ModelError(f"{card}: cannot read the model card ({exc.strerror or exc})") from exc
+        return _checked_card(content, card)
 
     def _load(self) -> _Slot:
         from ai_edge_litert.interpreter import Interpreter
@@ -95,6 +98,22 @@ class ExpressionClassifier:
             slot.interpreter.set_tensor(slot.input, x)
             slot.interpreter.invoke()
             return slot.interpreter.get_tensor(slot.output).copy()
+
+
+def _checked_card(card: object, path: Path) -> dict:
+    """The card if the fields the engine reads have the right shape; otherwise a ModelError naming the card (they
+    would fail later with a traceback, or a string "abcd" would silently become four classes a, b, c, d)."""
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: model card is not a JSON object")
+    classes = card.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not classes
+                                or not all(isinstance(c, str) and c for c in classes)
+                                or len(set(classes)) != len(classes)):
+        raise ModelError(f"{path}: model card's \"classes\" must be a list of distinct, non-empty names")
+    below = card.get("uncertain_below")
+    if below is not None and not (isinstance(below, int | float) and not isinstance(below, bool) and 0 <= below <= 1):
+        raise ModelError(f"{path}: model card's \"uncertain_below\" must be a number from 0 to 1")
+    return card
 
 
 @dataclass

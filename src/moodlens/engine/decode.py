@@ -24,6 +24,7 @@ from moodlens.engine.errors import (
     NotAnImageError,
     TruncatedImageError,
 )
+from moodlens.engine.safeio import read_regular
 
 try:  # HEIC/HEIF (iPhone photos) through pi-heif: libheif's decoder without pillow-heif's 23 MB x265 encoder.
     # Without it those files are reported as not an image.
@@ -138,7 +139,9 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageTooLargeError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,}")
     if path.is_dir():
         raise NotAnImageError(f"{path}: is a folder, not an image file")
-    return path.read_bytes()
+    # a FIFO or device is refused rather than read (it could block or never end); the read stops past the limit
+    # in case the file grew since the stat
+    return read_regular(path, max_bytes)
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

@@ -9,6 +9,7 @@ of the weights (measured: +16 MB per thread and interpreter set in a server work
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,3 +57,30 @@ class InterpreterPool(Generic[T]):
         """An idle item, for reading its (immutable) details at start-up."""
         with self._lock:
             return self._free[-1]
+
+
+@contextmanager
+def quiet_native_output(quiet: bool = True) -> Iterator[None]:
+    """With `quiet`: native libraries' notices are kept off the terminal (for `-q`).
+
+    LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate" straight to file descriptor 2
+    when an interpreter is built, beyond the reach of Python's sys.stderr, so fd 2 points at /dev/null while
+    the block runs (build the models inside it). OpenCV warns when YuNet's net is built, lazily on the first
+    photo that needs it, so its log level is set to errors only for the rest of the process.
+    """
+    if not quiet:
+        yield
+        return
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

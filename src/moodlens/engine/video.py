@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 
 from moodlens.engine.errors import NotAnImageError
+from moodlens.engine.safeio import csv_cell, write_atomic
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
@@ -73,17 +75,29 @@ def _frame_rows(analyzer, bgr: np.ndarray, index: int, fps: float, classes: tupl
              **{f"p_{c}": round(f.scores[c], 4) for c in classes}} for i, f in enumerate(result.faces)]
 
 
-def write_timeline_csv(timeline: Timeline, path: str | Path) -> Path:
-    """The timeline as CSV (empty cells for frames without a face)."""
-    path = Path(path)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=timeline.columns)
-        writer.writeheader()
-        writer.writerows(timeline.rows)
-    return path
+def timeline_csv(timeline: Timeline) -> bytes:
+    """The timeline as CSV (empty cells for frames without a face). Class names come from the model card, so
+    text cells go through `csv_cell`: no formula or terminal escape reaches a spreadsheet or a terminal."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow([csv_cell(c) for c in timeline.columns])
+    writer.writerows([csv_cell(row.get(c)) for c in timeline.columns] for row in timeline.rows)
+    return buf.getvalue().encode()
 
 
-def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path:
+def write_timeline_csv(timeline: Timeline, path: str | Path, root: str | Path | None = None) -> Path:
+    """`timeline_csv` written to `path` by `write_atomic` (never through a link; `root`: see there)."""
+    write_atomic(path, timeline_csv(timeline), root)
+    return Path(path)
+
+
+def plot_timeline(timeline: Timeline, path: str | Path, title: str = "", root: str | Path | None = None) -> Path:
+    """`timeline_png` written to `path` by `write_atomic` (never through a link; `root`: see there)."""
+    write_atomic(path, timeline_png(timeline, title), root)
+    return Path(path)
+
+
+def timeline_png(timeline: Timeline, title: str = "") -> bytes:
     """A PNG line plot of each class's score over time for the first face of each frame (the detector's
     most confident); frames without a face leave gaps."""
     # a bare Figure renders with Agg and touches no pyplot global state (no display, safe in worker threads)
@@ -109,5 +123,6 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path
     ax.legend(loc="upper right", ncol=min(len(timeline.classes), 7), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 
 import click
 
+from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.errors import ImageTooLargeError
+from moodlens.engine.runtime import quiet_native_output
+from moodlens.engine.safeio import csv_cell, printable
+from moodlens.engine.video import VIDEO_SUFFIXES
 from moodlens.jobs import storage
 from moodlens.jobs.storage import StorageUnavailableError
 
@@ -145,15 +149,29 @@ def parts_dir(dest: str) -> str:
 
 
 def infer_format(dest: str, fmt: str | None) -> str:
-    """The output format: explicit, else from DEST's extension (no extension: Parquet); an image's or another
-    unknown extension is refused rather than written over."""
-    if fmt:
-        return fmt
+    """The output format: explicit, else from DEST's extension (no extension: Parquet). An image's or another
+    unknown extension is refused rather than written over; with an explicit format, so is a table or media
+    extension that says another format (`--format csv out.parquet`, `--format csv photo.jpg`)."""
     ext = os.path.splitext(dest.rstrip("/"))[1].lower()
+    if fmt:
+        if _SUFFIX_FORMAT.get(ext, fmt) != fmt or ext in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            raise click.BadParameter(f"{printable(dest)}: a {ext} name for {fmt} output; name it .{fmt}",
+                                     param_hint="DEST")
+        return fmt
     if ext and ext not in _SUFFIX_FORMAT:
-        raise click.BadParameter(f"{dest}: unknown output extension {ext!r}; use .parquet, .csv or .jsonl",
-                                 param_hint="DEST")
+        raise click.BadParameter(f"{printable(dest)}: unknown output extension {printable(ext)!r}; use .parquet, "
+                                 ".csv or .jsonl", param_hint="DEST")
     return _SUFFIX_FORMAT.get(ext, "parquet")
+
+
+def csv_safe(table):
+    """`table` with every text cell and column name through `safeio.csv_cell` (paths, errors and model-card
+    class names can carry formulas and terminal escapes); for CSV output only, the data formats keep the text."""
+    import pyarrow as pa
+
+    columns = [pa.array([csv_cell(v) for v in col.to_pylist()], pa.string()) if pa.types.is_string(col.type)
+               else col for col in table.columns]
+    return pa.table(columns, names=[csv_cell(n) for n in table.column_names])
 
 
 def table_bytes(table, fmt: str) -> bytes:
@@ -165,7 +183,7 @@ def table_bytes(table, fmt: str) -> bytes:
     if fmt == "parquet":
         pq.write_table(table, buf, compression="zstd")
     elif fmt == "csv":
-        pacsv.write_csv(table, buf)
+        pacsv.write_csv(csv_safe(table), buf)
     elif fmt == "jsonl":
         for row in table.to_pylist():
             buf.write(json.dumps(row).encode() + b"\n")
@@ -186,12 +204,13 @@ def read_parquet(url: str, endpoint: str | None = None):
 _WORKER: dict = {}
 
 
-def _init_worker(classes: str, model_path: str | None, endpoint: str | None) -> None:
+def _init_worker(classes: str, model_path: str | None, endpoint: str | None, quiet: bool = False) -> None:
     """Process-pool initializer: one analyzer per worker process, one OpenCV thread (the pool is the parallelism)."""
     import cv2
 
     cv2.setNumThreads(1)
-    _WORKER.update(analyzer=make_analyzer(classes, model_path), endpoint=endpoint)
+    with quiet_native_output(quiet):
+        _WORKER.update(analyzer=make_analyzer(classes, model_path), endpoint=endpoint)
 
 
 def _run_chunk(paths: list[str], part_url: str) -> tuple[int, float]:
@@ -236,8 +255,11 @@ def run_batch(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     keep_parts: bool = False,
     progress: bool = True,
+    quiet: bool = False,
 ) -> BatchSummary:
     """Analyze SRC into DEST (see the module docstring). Resumes from DEST.parts when it exists.
+
+    `quiet`: nothing on stderr but errors and warnings (no progress bar, notes or native libraries' notices).
 
     With more than one worker this starts `spawn` processes, so a calling script needs the usual
     `if __name__ == "__main__":` guard.
@@ -250,7 +272,9 @@ def run_batch(
     t0 = time.perf_counter()
     fmt = infer_format(dest, fmt)
     # a broken model fails here, once, with its ModelError, rather than in every worker (BrokenProcessPool)
-    model_classes(classes, model_path)
+    with quiet_native_output(quiet):
+        model_classes(classes, model_path)
+    progress = progress and not quiet
     workers = workers or os.cpu_count() or 1
     paths = list_inputs(src, endpoint, limit)
     if storage.local_path(dest) in {storage.local_path(p) for p in paths if not storage.is_url(p)}:
@@ -262,17 +286,17 @@ def run_batch(
     existing = {u.rsplit("/", 1)[-1] for u in storage.list_files(parts, {".parquet"}, endpoint)}
     todo = [(c, storage.join(parts, n)) for c, n in zip(chunks, names, strict=True) if n not in existing]
     done_before = len(chunks) - len(todo)
-    if done_before:
-        click.echo(f"resuming: {done_before} of {len(chunks)} parts already done in {parts}", err=True)
+    if done_before and not quiet:
+        click.echo(f"resuming: {done_before} of {len(chunks)} parts already done in {printable(parts)}", err=True)
 
-    if not paths:
-        click.echo(f"no images found in {src}", err=True)
+    if not paths and not quiet:
+        click.echo(f"no images found in {printable(src)}", err=True)
     task_seconds = 0.0
     bar = tqdm(total=len(paths), initial=len(paths) - sum(len(c) for c, _ in todo), unit="img",
                desc="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         if todo and workers == 1:
-            _init_worker(classes, model_path, endpoint)
+            _init_worker(classes, model_path, endpoint, quiet)
             for chunk, url in todo:
                 n, secs = _run_chunk(chunk, url)
                 bar.update(n)
@@ -282,7 +306,7 @@ def run_batch(
 
             # spawn, not fork: the parent may already run fsspec's event-loop thread, which fork would break
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(classes, model_path, endpoint)) as pool:
+                                     initializer=_init_worker, initargs=(classes, model_path, endpoint, quiet)) as pool:
                 pending = {pool.submit(_run_chunk, chunk, url) for chunk, url in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_EXCEPTION)

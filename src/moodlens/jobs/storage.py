@@ -11,17 +11,15 @@ default 5) and then raise `StorageUnavailableError` naming the endpoint.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import posixpath
 import random
-import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from moodlens.engine import safeio
 from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.errors import MoodlensError
 
@@ -173,18 +171,7 @@ def list_keys(root: str, suffixes: Iterable[str] | None = None, endpoint: str | 
     suffixes = {s.lower() for s in suffixes} if suffixes is not None else None
     keys: list[str] = []
     if not is_url(root):
-        base = local_path(root)
-        real_base = os.path.realpath(base)
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-            dirnames.sort()
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                if suffixes is not None and not _has_image_suffix(name, suffixes):
-                    continue
-                if os.path.commonpath([os.path.realpath(full), real_base]) != real_base:
-                    log.warning("skipping %s: it links outside %s", full, base)
-                    continue
-                keys.append(os.path.relpath(full, base).replace(os.sep, "/"))
+        return safeio.list_inside(local_path(root), suffixes)  # the same rules as `moodlens analyze`'s folders
     else:
         fs, path = _filesystem(root, endpoint)
         path = path.rstrip("/")
@@ -222,16 +209,7 @@ def read_bytes(url: str, endpoint: str | None = None, max_bytes: int | None = No
     blocking or never ending (a `photo.jpg` that is a pipe or a link to /dev/zero).
     """
     if not is_url(url):
-        path = local_path(url)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
-        with os.fdopen(fd, "rb") as f:
-            return f.read() if max_bytes is None else f.read(max_bytes + 1)
+        return safeio.read_regular(local_path(url), max_bytes)
     # Objects are read whole: a ranged GET would bound the download, but S3 answers 416 for a range of an
     # empty object, so `max_bytes` applies to local files only.
     fs, path = _filesystem(url, endpoint)
@@ -246,23 +224,11 @@ def read_text(url: str, endpoint: str | None = None) -> str:
 def write_bytes(url: str, data: bytes, endpoint: str | None = None) -> None:
     """Write `data` atomically: readers see the old content or the new, never a partial file.
 
-    Locally: a temporary file in the same folder, fsync, then os.replace. On S3 one PUT is atomic per object.
+    Locally: `safeio.write_atomic` (a temporary file in the same folder, fsync, rename; a symlink or special
+    file at the destination is refused, not written through). On S3 one PUT is atomic per object.
     """
     if not is_url(url):
-        path = local_path(url)
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        safeio.write_atomic(local_path(url), data)
         return
     fs, path = _filesystem(url, endpoint)
     try:
@@ -301,11 +267,20 @@ def remove_tree(url: str, endpoint: str | None = None) -> None:
     fs.invalidate_cache(path)
 
 
+def _local_entry(base: str, entry: str) -> str:
+    """A relative list entry under the list's folder `base`, refused if a link resolves it to outside."""
+    path = join(base, entry)
+    if not safeio.is_inside(path, base):
+        raise UnsafePathError(f"{entry!r}: leads outside the list's folder through a symlink")
+    return path
+
+
 def read_path_list(list_url: str, endpoint: str | None = None) -> list[str]:
     """Entries of a text file of paths/URLs (one a line; blank lines and `#` comments skipped), resolved.
 
     Full URLs are taken as they are; other entries are keys relative to the list's own folder and may not
-    be absolute or contain `..`. All bad lines are reported together in one UnsafePathError.
+    be absolute, contain `..`, or lead out of the folder through a link (`dirlink/passwd` with dirlink -> /etc).
+    All bad lines are reported together in one UnsafePathError.
     """
     base = list_url.rsplit("/", 1)[0] if is_url(list_url) else os.path.dirname(local_path(list_url))
     out, bad = [], []
@@ -314,7 +289,7 @@ def read_path_list(list_url: str, endpoint: str | None = None) -> list[str]:
         if not entry or entry.startswith("#"):
             continue
         try:
-            out.append(check_url(entry) if is_url(entry) else join(base, entry))
+            out.append(check_url(entry) if is_url(entry) else _local_entry(base, entry))
         except UnsafePathError as exc:
             bad.append(f"line {n}: {exc}")
     if bad:
