@@ -321,7 +321,7 @@ def test_model_card(client):
 
 @pytest.mark.parametrize("path, text", [
     ("/", "not what the person feels"), ("/webcam", "Start camera"), ("/model", "Model card"),
-    ("/model?classes=7", "7-class"), ("/api", "problem+json"),
+    ("/model?classes=7", "7-class"), ("/api", "problem+json"), ("/api/docs", "swagger-ui-bundle.js"),
 ])
 def test_pages(client, path, text):
     resp = client.get(path)
@@ -332,7 +332,7 @@ def test_pages(client, path, text):
     assert "<script>" not in html and " style=" not in html  # nothing inline: the CSP allows none
 
 
-@pytest.mark.parametrize("path", ["/", "/webcam", "/model", "/api/v1/health", "/api/v1/openapi.json",
+@pytest.mark.parametrize("path", ["/", "/webcam", "/model", "/api/docs", "/api/v1/health", "/api/v1/openapi.json",
                                   "/api/v1/nothing", "/static/style.css", "/missing"])
 def test_security_headers(client, path):
     h = client.get(path).headers

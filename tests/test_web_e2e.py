@@ -1,22 +1,33 @@
 """End to end: `moodlens serve` (gunicorn, real models) driven by a real headless Chromium.
 
 Uploads a photo through the file input, runs the webcam page on Chromium's fake camera fed with a Y4M video of
-the same photo, checks camera errors, and saves screenshots to /tmp/moodlens-*.png (desktop and phone).
+the same photo, checks camera errors, and saves screenshots to /tmp/moodlens-*.png (desktop and phone). A group
+photo of twelve faces checks the results page: the summary line, numbering, labels that stay inside the photo and
+never overlap (phone size too), highlighting, thumbnails, <meter>s and the JSON, CSV and annotated-image
+downloads; seven photos at once check the progress line, the table view and the one live message per batch.
+Also the API docs page (vendored Swagger UI under the app's CSP) and CORS from another origin.
 Skips when /usr/bin/chromium or playwright is missing (`make system-deps` installs Chromium).
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import functools
+import http.server
+import io
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import compose_faces
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, astronaut, coffee, free_port, jpeg, write_y4m
 
 if not CHROMIUM.exists():
@@ -30,14 +41,27 @@ DESKTOP = {"width": 1280, "height": 900}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`moodlens serve` on a free port, until the module's tests are done."""
+def other_origin(tmp_path_factory):
+    """A plain static server on another port: a page of another origin (http://127.0.0.1:<port>)."""
+    root = tmp_path_factory.mktemp("other-origin")
+    (root / "index.html").write_text("<!doctype html><title>another site</title><p>another site</p>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, other_origin):
+    """`moodlens serve` on a free port (pages of `other_origin` may call its API), until the module is done."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moodlens", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--threads", "4"],
+             "--workers", "1", "--threads", "4", "--rate-limit", "0", "--cors-origin", other_origin],
             stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -63,10 +87,15 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
-    face, no_face = d / "astronaut.jpg", d / "coffee.jpg"
+    face, no_face, group = d / "astronaut.jpg", d / "coffee.jpg", d / "group, of twelve.jpg"
     face.write_bytes(jpeg(astronaut()))
     no_face.write_bytes(jpeg(coffee()))
-    return {"face": face, "no_face": no_face, "camera": write_y4m(d / "camera.y4m", astronaut())}
+    group.write_bytes(jpeg(compose_faces(GROUP_SIZES, 640, 480, cols=4).rgb))
+    return {"face": face, "no_face": no_face, "group": group, "camera": write_y4m(d / "camera.y4m", astronaut())}
+
+
+#: Twelve heads in a 4 x 3 grid, tight enough that labels have to dodge each other.
+GROUP_SIZES = [150, 120, 100, 130, 90, 140, 110, 80, 125, 95, 135, 105]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +128,11 @@ def open_page(browser, url: str, viewport: dict):
 CLASSES = ("angry", "happy", "neutral", "sad")
 
 
+def label_class(text: str) -> str:
+    """The class in a label: "happy 87%", "3 happy 87%", "3 happy?" -> "happy"."""
+    return next(t.rstrip("?") for t in text.split() if t.rstrip("?") in CLASSES)
+
+
 @pytest.mark.parametrize("name, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
 def test_upload_photos(server, browser, files, name, viewport):
     page, errors = open_page(browser, server + "/", viewport)
@@ -107,7 +141,7 @@ def test_upload_photos(server, browser, files, name, viewport):
     face_card = page.locator(".result", has_text="astronaut.jpg")
     label = face_card.locator(".overlay .face-label").first
     assert label.is_visible()
-    assert label.inner_text().split()[-2] in CLASSES  # "happy 87%"
+    assert label_class(label.inner_text()) in CLASSES  # "happy 87%" (desktop), "happy" (phone)
     assert face_card.locator(".bar-row").count() >= 4
     assert page.locator(".result", has_text="coffee.jpg").locator(".status").inner_text() == "No face found."
 
@@ -146,7 +180,7 @@ def test_webcam_start_stop(server, browser):
     page.click("#start")
     page.wait_for_selector("#cam-overlay .face-label", timeout=20_000)
     page.wait_for_function("() => /^[0-9.]+ fps$/.test(document.getElementById('fps').textContent)", timeout=10_000)
-    assert page.locator("#cam-overlay .face-label").first.inner_text().split()[-2] in CLASSES
+    assert label_class(page.locator("#cam-overlay .face-label").first.inner_text()) in CLASSES
     assert float(page.inner_text("#fps").split()[0]) > 0
     page.evaluate("window.__tracks = document.getElementById('video').srcObject.getTracks()")
     page.screenshot(path=str(SHOTS / "moodlens-webcam-desktop.png"), full_page=True)
@@ -194,9 +228,295 @@ def test_webcam_denied_or_missing(server, playwright, flags, says):
 @pytest.mark.parametrize("name, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
 def test_model_page(server, browser, name, viewport):
     page, errors = open_page(browser, server + "/model", viewport)
-    assert "Model card" in page.inner_text("h1")
-    assert page.locator(".chip", has_text="happy").count() >= 1  # the classes (and the trained classes)
+    assert "expression model" in page.inner_text("h1")
+    assert page.locator(".chip", has_text="happy").count() == 1  # the classes
+    assert "71.2%" in page.inner_text("#accuracy")  # accuracy as a percentage, the split named
+    assert "PublicTest split" in page.inner_text("#accuracy")
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     page.screenshot(path=str(SHOTS / f"moodlens-model-{name}.png"), full_page=True)
     assert errors == []
     page.context.close()
+
+
+# --- results of a group photo ------------------------------------------------------------------------------------
+
+
+def api_answer(server: str, path: Path) -> dict:
+    req = urllib.request.Request(server + "/api/v1/analyze", data=path.read_bytes(),
+                                 headers={"Content-Type": "image/jpeg"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def expected_summary(answer: dict) -> str:
+    faces = answer["faces"]
+    counts: dict[str, int] = {}
+    for f in faces:
+        if not f["uncertain"]:
+            counts[f["expression"]] = counts.get(f["expression"], 0) + 1
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], answer["classes"].index(kv[0])))
+    parts = [f"{n} {name}" for name, n in order]
+    unsure = sum(f["uncertain"] for f in faces)
+    if unsure:
+        parts.append(f"{unsure} uncertain")
+    return f"{len(faces)} faces: " + ", ".join(parts)
+
+
+LABEL_GEOMETRY = """card => {
+    const o = card.querySelector('.overlay').getBoundingClientRect();
+    const labels = Array.from(card.querySelectorAll('.overlay .face-label:not(.probe)')).filter(l => !l.hidden)
+        .map(l => { const r = l.getBoundingClientRect(); return {n: l.dataset.face, text: l.textContent,
+                    x: r.left - o.left, y: r.top - o.top, w: r.width, h: r.height}; });
+    const boxes = Array.from(card.querySelectorAll('.overlay .face-box')).map(b => {
+        const r = b.getBoundingClientRect(); return {n: Number(b.dataset.face), cx: r.left + r.width / 2 - o.left}; });
+    return {w: o.width, h: o.height, labels, boxes};
+}"""
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+            and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
+
+
+@pytest.mark.parametrize("name, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
+def test_group_photo_results(server, browser, files, name, viewport, tmp_path):
+    answer = api_answer(server, files["group"])
+    assert len(answer["faces"]) == len(GROUP_SIZES)
+    page, errors = open_page(browser, server + "/", viewport)
+    page.set_input_files("#file-input", [str(files["group"])])
+    page.wait_for_selector(".result[data-state=done]", timeout=30_000)
+    card = page.locator(".result").first
+    n = len(answer["faces"])
+
+    assert card.locator(".status").inner_text() == expected_summary(answer)  # "12 faces: 12 happy"
+
+    geo = card.evaluate(LABEL_GEOMETRY)
+    boxes = sorted(geo["boxes"], key=lambda b: b["n"])
+    assert [b["n"] for b in boxes] == list(range(1, n + 1))
+    assert all(a["cx"] <= b["cx"] + 1 for a, b in zip(boxes, boxes[1:], strict=False)), boxes  # left to right
+    labels = geo["labels"]
+    assert len(labels) >= n - 2  # a label that fits nowhere is left out, but hardly any here
+    for lab in labels:  # inside the photo ...
+        assert lab["x"] >= -0.5 and lab["y"] >= -0.5, lab
+        assert lab["x"] + lab["w"] <= geo["w"] + 0.5 and lab["y"] + lab["h"] <= geo["h"] + 0.5, (lab, geo["w"])
+    for i, a in enumerate(labels):  # ... and never on top of another label
+        for b in labels[i + 1:]:
+            assert not overlaps(a, b), (a, b)
+    if name == "phone":
+        assert not any("%" in lab["text"] for lab in labels)  # shortened on a phone
+
+    # the face list: numbered the same way, a thumbnail and a <meter> per class for every face
+    items = card.locator(".face-item")
+    assert items.count() == n
+    assert card.locator(".face-item meter").count() == n * 4
+    values = card.locator('.face-item[data-face="1"] meter').evaluate_all("ms => ms.map(m => m.value)")
+    assert sum(values) == pytest.approx(1, abs=0.02)
+    drawn = card.locator(".face-item .thumb").evaluate_all("""cs => cs.map(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s; })""")
+    assert len(drawn) == n and all(v > 0 for v in drawn)
+
+    # highlight: a click in the list marks its box and label; a click on a box marks its list entry
+    card.locator('.face-item[data-face="3"] .face-head').click()
+    assert card.locator(".overlay .face-box.active").evaluate_all("bs => bs.map(b => b.dataset.face)") == ["3"]
+    assert card.locator(".overlay").evaluate("o => o.classList.contains('has-active')")
+    assert card.locator('.face-item[data-face="3"] .face-head').get_attribute("aria-pressed") == "true"
+    page.mouse.move(0, 0)
+    card.locator('.face-item[data-face="3"] .face-head').click()  # a second click lets go
+    page.mouse.move(0, 0)
+    assert card.locator(".overlay .face-box.active").count() == 0
+    card.locator('.overlay .face-box[data-face="5"]').click(position={"x": 4, "y": 4})
+    page.mouse.move(0, 0)
+    assert card.locator(".face-item.active").evaluate_all("ls => ls.map(l => l.dataset.face)") == ["5"]
+    card.locator('.overlay .face-box[data-face="5"]').click(position={"x": 4, "y": 4})
+    page.mouse.move(0, 0)
+
+    note = page.locator("#uncertain-note")
+    assert note.is_visible() and "under 50%" in note.inner_text()
+    assert "under 50%" in (card.locator(".overlay .face-box").first.get_attribute("title") or "") or \
+        not answer["faces"][0]["uncertain"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    page.screenshot(path=str(SHOTS / f"moodlens-group-{name}.png"), full_page=True)
+    card.locator(".stage").screenshot(path=str(SHOTS / f"moodlens-group-photo-{name}.png"))
+
+    if name == "desktop":
+        check_downloads(page, card, answer, files["group"], tmp_path)
+    assert errors == []
+    page.context.close()
+
+
+def check_downloads(page, card, answer: dict, photo: Path, tmp_path: Path) -> None:
+    """The three downloads of one photo arrive, parse, and say what the API said."""
+    from PIL import Image
+
+    n = len(answer["faces"])
+    with page.expect_download() as got:
+        card.locator(".dl-json").click()
+    assert got.value.suggested_filename == "group_of_twelve.moodlens.json"
+    data = json.loads(Path(got.value.path()).read_text())
+    assert data["file"] == photo.name and data["width"] == 640 and data["classes"] == answer["classes"]
+    assert [f["face"] for f in data["faces"]] == list(range(1, n + 1))
+    centres = [f["box"][0] + f["box"][2] / 2 for f in data["faces"]]
+    assert centres == sorted(centres)
+    scores = sorted(json.dumps(f["scores"]) for f in data["faces"])
+    assert scores == sorted(json.dumps(f["scores"]) for f in answer["faces"])
+
+    with page.expect_download() as got:
+        card.locator(".dl-csv").click()
+    assert got.value.suggested_filename == "group_of_twelve.moodlens.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(got.value.path()).read_text())))
+    assert len(rows) == n and [int(r["face"]) for r in rows] == list(range(1, n + 1))
+    assert {r["file"] for r in rows} == {photo.name}  # the comma in the name survives
+    for r, f in zip(rows, data["faces"], strict=True):
+        assert r["expression"] == f["expression"] and float(r["confidence"]) == f["scores"][f["expression"]]
+        assert sum(float(r[c]) for c in answer["classes"]) == pytest.approx(1, abs=0.01)
+        assert r["uncertain"] in ("true", "false") and float(r["x"]) == pytest.approx(f["box"][0], abs=0.1)
+
+    with page.expect_download() as got:
+        card.locator(".dl-image").click()
+    assert got.value.suggested_filename == "group_of_twelve.moodlens.jpg"
+    out = tmp_path / "annotated.jpg"
+    got.value.save_as(out)
+    annotated = Image.open(out).convert("RGB")
+    original = Image.open(photo).convert("RGB")
+    assert annotated.size == original.size == (640, 480)
+    import numpy as np
+
+    diff = np.abs(np.asarray(annotated, int) - np.asarray(original, int)).sum(axis=2) > 60
+    x, y, w, h = (round(v) for v in answer["faces"][0]["box"])
+    assert diff[y:y + h, x].mean() > 0.5  # the left edge of a face box is drawn
+    assert diff.mean() < 0.25  # and not much else
+
+
+# --- many photos at once: progress, table, one message per batch ------------------------------------------------
+
+
+def test_many_photos_progress_table_and_one_message(server, browser, files, tmp_path):
+    paths = []
+    for i in range(7):
+        src = [files["face"], files["no_face"], files["group"]][i % 3]
+        dst = tmp_path / f"photo-{i + 1}{src.suffix}"
+        dst.write_bytes(src.read_bytes())
+        paths.append(dst)
+    page, errors = open_page(browser, server + "/", DESKTOP)
+    assert page.locator("#results").get_attribute("aria-live") is None  # no announcement per photo
+    assert page.locator("#announce").get_attribute("aria-live") == "polite"
+    page.evaluate("""() => {
+        window.__said = []; window.__progress = [];
+        new MutationObserver(() => window.__said.push(document.getElementById('announce').textContent))
+            .observe(document.getElementById('announce'), {childList: true, characterData: true, subtree: true});
+        new MutationObserver(() => window.__progress.push(document.getElementById('progress-text').textContent))
+            .observe(document.getElementById('progress-text'), {childList: true, characterData: true, subtree: true});
+    }""")
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    page.wait_for_function("() => document.querySelectorAll('.result[data-state=done]').length === 7", timeout=60_000)
+    page.wait_for_function("() => window.__said.length > 0")
+    time.sleep(0.3)
+    said = page.evaluate("window.__said")
+    assert len(said) == 1 and said[0].startswith("Done: 7 photos analysed"), said  # one polite message
+    progress = page.evaluate("window.__progress")
+    assert "3 of 7 photos analysed" in progress and progress[-1] == "7 of 7 photos analysed"
+    assert page.locator("#progress").evaluate("p => [p.value, p.max]") == [7, 7]
+
+    # seven photos: the compact table, one row each; a row opens its card
+    table = page.locator("#photo-table")
+    assert table.is_visible() and table.locator("tbody tr").count() == 7
+    assert page.locator(".result:visible").count() == 0
+    row = table.locator("tbody tr", has_text="photo-3.jpg")
+    assert row.locator(".row-count").inner_text() == str(len(GROUP_SIZES))
+    row.locator("button").click()
+    assert page.locator(".result:visible").count() == 1
+    page.wait_for_function("() => document.querySelector('.result.open .overlay .face-label:not([hidden])')")
+    page.screenshot(path=str(SHOTS / "moodlens-many-desktop.png"), full_page=True)
+    page.click("#view-cards")
+    assert page.locator(".result:visible").count() == 7 and not table.is_visible()
+
+    with page.expect_download() as got:
+        page.click("#all-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(got.value.path()).read_text())))
+    assert {r["file"] for r in rows} == {p.name for p in paths}
+    assert len(rows) == 3 * 1 + 2 * 1 + 2 * len(GROUP_SIZES)  # a face per row; a row for each face-less photo
+    with page.expect_download() as got:
+        page.click("#all-json")
+    photos = json.loads(Path(got.value.path()).read_text())["photos"]
+    assert [p["file"] for p in photos] == [p.name for p in paths]
+    assert errors == []
+    page.context.close()
+
+
+# --- webcam mirror ------------------------------------------------------------------------------------------------
+
+
+def test_webcam_preview_is_mirrored_and_quiet(server, browser):
+    from conftest import ASTRONAUT_FACE
+
+    page, errors = open_page(browser, server + "/webcam", DESKTOP)
+    page.click("#start")
+    page.wait_for_selector("#cam-overlay .face-box", timeout=20_000)
+    assert page.locator("#video").evaluate("v => getComputedStyle(v).transform") == "matrix(-1, 0, 0, 1, 0, 0)"
+    assert page.locator("#cam-overlay").evaluate("o => getComputedStyle(o).transform") == "none"
+    # The fake camera films the astronaut letterboxed into 640x480, face left of the middle; mirrored, right of it.
+    x, _, w, _ = ASTRONAUT_FACE
+    seen = (80 + (x + w / 2) * 480 / 512) / 640
+    centre = page.locator("#cam-overlay .face-box").first.evaluate(
+        "b => (b.offsetLeft + b.offsetWidth / 2) / b.parentElement.offsetWidth")
+    assert centre == pytest.approx(1 - seen, abs=0.05) and centre > 0.5
+    # frames keep coming, but the live region is not told about each one
+    page.evaluate("""() => { window.__said = 0; new MutationObserver(() => window.__said++).observe(
+        document.getElementById('cam-message'), {childList: true, characterData: true, subtree: true}); }""")
+    page.wait_for_function("() => /^[0-9.]+ fps$/.test(document.getElementById('fps').textContent)", timeout=10_000)
+    time.sleep(1.5)
+    assert page.evaluate("window.__said") == 0
+    assert page.inner_text("#cam-summary") in [f"1 face: {c}" for c in (*CLASSES, "uncertain")]
+    page.click("#stop")
+    assert errors == []
+    page.context.close()
+
+
+# --- API docs, CORS -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
+def test_api_docs_page(server, browser, name, viewport):
+    page, errors = open_page(browser, server + "/api/docs", viewport)  # fails on any CSP violation
+    elsewhere: list[str] = []
+    page.on("request", lambda r: elsewhere.append(r.url) if not r.url.startswith(server) else None)
+    page.wait_for_selector("#operations-analysis-analyze", timeout=30_000)
+    for tag in ("analysis", "model", "service"):
+        assert page.locator(f"#operations-tag-{tag}").is_visible()
+    page.click("#operations-analysis-analyze .opblock-summary")
+    page.wait_for_selector("#operations-analysis-analyze .example, #operations-analysis-analyze .microlight")
+    body = page.inner_text("#operations-analysis-analyze")
+    assert "curl -F image=@photo.jpg" in body and '"expression": "happy"' in body and "/api#missing-image" in body
+
+    page.click("#operations-service-health .opblock-summary")  # Try it out: a real request to this server
+    page.click("#operations-service-health .try-out__btn")
+    page.click("#operations-service-health .execute")
+    page.wait_for_selector("#operations-service-health .live-responses-table .response-col_status")
+    assert '"status": "ok"' in page.inner_text("#operations-service-health .live-responses-table")
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"] + 1
+    page.screenshot(path=str(SHOTS / f"moodlens-api-docs-{name}.png"), full_page=True)
+    assert elsewhere == [] and errors == []
+    page.context.close()
+
+
+FETCH = """async url => {
+    try { const r = await fetch(url); return [r.status, (await r.json()).status]; }
+    catch (e) { return ['blocked', String(e)]; }
+}"""
+
+
+def test_cors_from_the_allowed_origin_only(server, browser, other_origin):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(other_origin + "/")
+    assert page.evaluate(FETCH, server + "/api/v1/health") == [200, "ok"]
+    answer = page.evaluate("""async ([url, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const r = await fetch(url, {method: 'POST', body: bytes, headers: {'Content-Type': 'image/jpeg'}});
+        return [r.status, r.headers.get('Server-Timing') !== null, (await r.json()).faces.length];
+    }""", [server + "/api/v1/analyze", base64.b64encode(jpeg(astronaut())).decode()])
+    assert answer == [200, True, 1]  # a preflighted POST, and the exposed headers readable
+    page.goto(other_origin.replace("127.0.0.1", "localhost") + "/")  # same server, another origin
+    assert page.evaluate(FETCH, server + "/api/v1/health")[0] == "blocked"
+    context.close()

@@ -15,6 +15,15 @@ from moodlens.web.engines import CLASS_SETS
 from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_options
 
 
+def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from moodlens.web.security import cors_origin
+
+    try:
+        return None if value is None else cors_origin(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -39,6 +48,9 @@ from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_
               help="Requests a client may send at once before --rate-limit applies.")
 @click.option("--proxies", type=click.IntRange(0, 8), default=0, show_default=True,
               help="Reverse proxies in front whose X-Forwarded-For/-Proto/-Host to trust.")
+@click.option("--cors-origin", metavar="ORIGIN", default=None, callback=_cors_origin,
+              help="Let pages of this one origin (https://example.org) call the API from the browser (CORS). "
+                   "[default: none]")
 @click.option("--timeout", type=click.IntRange(5), default=60, show_default=True,
               help="Seconds a worker may spend on one request before it is restarted.")
 @click.option("--body-timeout", type=click.FloatRange(0), default=60, show_default=True,
@@ -47,7 +59,7 @@ from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_
 def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
     detector: str, min_face_score: float, max_upload_mb: float, rate_limit: float, burst: int, proxies: int,
-    timeout: int, body_timeout: float, access_log: bool,
+    cors_origin: str | None, timeout: int, body_timeout: float, access_log: bool,
 ) -> None:
     """Serve the website (photos, webcam, model card) and the JSON API."""
     from moodlens.web import create_app
@@ -65,6 +77,7 @@ def serve_command(
         "MOODLENS_RATE_LIMIT": rate_limit,
         "MOODLENS_RATE_BURST": burst,
         "MOODLENS_PROXIES": proxies,
+        "MOODLENS_CORS_ORIGIN": cors_origin,
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
         "MOODLENS_BODY_TIMEOUT": body_timeout,
     }

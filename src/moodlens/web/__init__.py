@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "MOODLENS_RATE_LIMIT": 20.0,  # API requests per second per client (0 or None: no limit)
     "MOODLENS_RATE_BURST": 40,  # requests a client may make at once before the rate applies
     "MOODLENS_PROXIES": 0,  # reverse proxies in front of the app whose X-Forwarded-* headers are trusted
+    "MOODLENS_CORS_ORIGIN": None,  # one origin ("https://example.org") whose pages may call the API (None: none)
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # bytes; larger bodies get 413 before they are read
     "MOODLENS_BODY_TIMEOUT": 60.0,  # seconds a body may take to arrive under gunicorn (then 408); 0: no limit
     "MAX_FORM_MEMORY_SIZE": 500_000,  # bytes of a text field in a form (keep over Werkzeug's 64 kB read size)

@@ -74,7 +74,11 @@ def analyze() -> Response:
     start = time.perf_counter()
     result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score)
     elapsed_ms = (time.perf_counter() - start) * 1000
-    resp = jsonify(result.to_dict())
+    body = result.to_dict()
+    threshold = getattr(analyzer, "uncertain_below", None)
+    if threshold is not None:
+        body["uncertain_below"] = float(threshold)  # a face is `uncertain` when its top score is under this
+    resp = jsonify(body)
     resp.headers["Server-Timing"] = f"analyze;dur={elapsed_ms:.1f}"
     return resp
 

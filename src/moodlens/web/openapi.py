@@ -51,6 +51,9 @@ SCHEMAS: dict[str, Any] = {
             "faces": {"type": "array", "items": _ref("Face"), "description": "Empty when no face was found."},
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
                            "description": "Milliseconds spent in each stage."},
+            "uncertain_below": {"type": "number", "minimum": 0, "maximum": 1,
+                                "description": "The model's threshold: a face whose top score is under this is "
+                                               "`uncertain`."},
         },
     },
     "Face": {
@@ -119,6 +122,50 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+#: Operation groups, in the order the docs page shows them.
+TAGS: list[dict[str, str]] = [
+    {"name": "analysis", "description": "Find the faces in a photo and read each one's expression."},
+    {"name": "model", "description": "What the model is, how well it does and where it fails."},
+    {"name": "service", "description": "Liveness and this document."},
+]
+
+#: A real answer for a 512x512 photo with one face (scikit-image's astronaut), 4 classes.
+ANALYSIS_EXAMPLE: dict[str, Any] = {
+    "width": 512, "height": 512,
+    "classes": ["angry", "happy", "neutral", "sad"],
+    "faces": [{
+        "box": [173.4, 72.9, 103.0, 103.3],
+        "score": 0.9323,
+        "keypoints": [[204.0, 101.9], [247.7, 104.4], [224.9, 129.7], [223.6, 149.7], [180.2, 107.8],
+                      [269.4, 112.8]],
+        "expression": "happy",
+        "scores": {"angry": 0.0188, "happy": 0.9349, "neutral": 0.0305, "sad": 0.0158},
+        "uncertain": False,
+        "quality": "ok",
+    }],
+    "timings_ms": {"decode": 1.1, "detect": 1.5, "align": 0.1, "classify": 0.3, "total": 3.0},
+    "uncertain_below": 0.5,
+}
+
+CURL_EXAMPLES = """Examples:
+
+```
+curl -F image=@photo.jpg 'http://127.0.0.1:8000/api/v1/analyze?classes=7'
+curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/api/v1/analyze
+```"""
+
+
+def _problem_example(status: int, slug: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    return {"summary": PROBLEM_TYPES[slug][1], "value": {
+        "type": f"/api#{slug}", "title": PROBLEM_TYPES[slug][1], "status": status, "detail": detail,
+        "instance": "/api/v1/analyze", **extensions}}
+
+
+def _with_examples(response: dict[str, Any], media_type: str, examples: dict[str, Any]) -> dict[str, Any]:
+    response["content"][media_type]["examples"] = examples
+    return response
+
+
 def openapi_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document for `app`'s API."""
     max_bytes = app.config.get("MAX_CONTENT_LENGTH")
@@ -140,7 +187,12 @@ def openapi_document(app: Flask) -> dict[str, Any]:
     limits = f"Bodies over {max_bytes} bytes get 413 before they are read. " if max_bytes else ""
     if rate:
         limits += f"At most {rate:g} requests per second per client (429 with Retry-After when over). "
-    rate_limited = {"429": _problem("Too many requests; wait Retry-After seconds.")} if rate else {}
+    rate_limited = {"429": _with_examples(
+        _problem("Too many requests; wait Retry-After seconds."), MEDIA_TYPE,
+        {"rate-limited": _problem_example(429, "rate-limited", f"Over {rate:g} requests per second; wait 1 s and "
+                                          "try again.", retry_after=1)})} if rate else {}
+    mb = f"{max_bytes / 1024 / 1024:.3g}" if max_bytes else "16"
+    p = MEDIA_TYPE
     return {
         "openapi": "3.1.0",
         "info": {
@@ -152,14 +204,16 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/"}],
+        "tags": TAGS,
         "paths": {
             "/api/v1/analyze": {
                 "post": {
                     "operationId": "analyze",
+                    "tags": ["analysis"],
                     "summary": "Find faces and read their expressions",
                     "description": "Send one photo (JPEG, PNG, WebP, GIF, BMP, HEIC) as the multipart field "
                                    "`image`, or as the raw body with an image/* Content-Type. Options go in the "
-                                   "query string (or, with multipart, as form fields).",
+                                   "query string (or, with multipart, as form fields).\n\n" + CURL_EXAMPLES,
                     "parameters": [classes, explain, min_score],
                     "requestBody": {
                         "required": True,
@@ -181,12 +235,36 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json("The faces found (possibly none) and their expressions.", "AnalysisResult"),
-                        "400": _problem(f"Malformed request: {_slugs(400)}."),
+                        "200": _with_examples(
+                            _json("The faces found (possibly none) and their expressions.", "AnalysisResult"),
+                            "application/json", {
+                                "one-face": {"summary": "One face", "value": ANALYSIS_EXAMPLE},
+                                "no-face": {"summary": "No face", "value": {
+                                    **ANALYSIS_EXAMPLE, "width": 600, "height": 400, "faces": [],
+                                    "timings_ms": {"decode": 0.9, "detect": 30.2, "total": 31.1}}},
+                            }),
+                        "400": _with_examples(_problem(f"Malformed request: {_slugs(400)}."), p, {
+                            "missing-image": _problem_example(
+                                400, "missing-image", "Send the photo in the multipart field `image`."),
+                            "bad-option": _problem_example(400, "bad-option", "`classes` must be 4 or 7, not '5'."),
+                        }),
                         "408": _problem("The body took longer than the server's body timeout to arrive."),
-                        "413": _problem("The body is over the upload limit, or the image over the pixel limit."),
-                        "415": _problem(f"Not an image, or a Content-Type the API does not take: {_slugs(415)}."),
-                        "422": _problem(f"An image that cannot be used: {_slugs(422)}."),
+                        "413": _with_examples(
+                            _problem("The body is over the upload limit, or the image over the pixel limit."), p,
+                            {"too-large": _problem_example(
+                                413, "too-large", f"The upload is over the {mb} MB limit; send a smaller photo.",
+                                **({"max_bytes": int(max_bytes)} if max_bytes else {}))}),
+                        "415": _with_examples(
+                            _problem(f"Not an image, or a Content-Type the API does not take: {_slugs(415)}."), p,
+                            {"not-an-image": _problem_example(
+                                415, "not-an-image",
+                                "the data is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, HEIC)")}),
+                        "422": _with_examples(
+                            _problem(f"An image that cannot be used: {_slugs(422)}."), p,
+                            {"truncated-image": _problem_example(
+                                422, "truncated-image",
+                                "the image data is truncated or corrupt (image file is truncated (106 bytes not "
+                                "processed))")}),
                         **rate_limited,
                     },
                 },
@@ -194,17 +272,31 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "/api/v1/health": {
                 "get": {
                     "operationId": "health",
+                    "tags": ["service"],
                     "summary": "Liveness check (never rate-limited)",
-                    "responses": {"200": _json("The server is up and its default model loaded.", "Health")},
+                    "responses": {"200": _with_examples(
+                        _json("The server is up and its default model loaded.", "Health"), "application/json",
+                        {"ok": {"summary": "Up", "value": {"status": "ok", "version": __version__,
+                                                           "default_classes": default, "loaded": list(CLASS_SETS)}}})},
                 },
             },
             "/api/v1/model": {
                 "get": {
                     "operationId": "model",
+                    "tags": ["model"],
                     "summary": "The model card",
+                    "description": "The model card as JSON; the Model page (`/model`) shows it in words.",
                     "parameters": [classes],
                     "responses": {
-                        "200": _json("The model card of the chosen class set.", "ModelCard"),
+                        "200": _with_examples(
+                            _json("The model card of the chosen class set.", "ModelCard"), "application/json",
+                            {"abridged": {"summary": "Abridged", "value": {
+                                "name": "moodlens expression-4", "classes": ["angry", "happy", "neutral", "sad"],
+                                "uncertain_below": 0.5,
+                                "metrics": {"PublicTest_fer2013": {"split": "PublicTest", "labels": "FER2013",
+                                                                   "n": 2622, "accuracy": 0.7124}},
+                                "intended_use": "Reading the facial expression (the configuration of the face) "
+                                                "of people in ordinary photos and webcam frames..."}}}),
                         "400": _problem("Invalid `classes`."),
                         **rate_limited,
                     },
@@ -213,7 +305,9 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "openapi",
+                    "tags": ["service"],
                     "summary": "This document",
+                    "description": "The docs page (`/api/docs`) renders it.",
                     "responses": {"200": {"description": "OpenAPI 3.1 document.",
                                           "content": {"application/json": {"schema": {"type": "object"}}}},
                                   **rate_limited},

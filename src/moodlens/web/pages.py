@@ -1,4 +1,4 @@
-"""The website: upload page, webcam page, model card page, API page."""
+"""The website: upload page, webcam page, model page, API page and API docs page."""
 
 from __future__ import annotations
 
@@ -6,35 +6,11 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from moodlens.models import DATA_TERMS, INTENDED_USE, LIMITATIONS
 from moodlens.web.engines import CLASS_SETS, analyzers
+from moodlens.web.modelpage import readable_card
 from moodlens.web.problems import PROBLEM_TYPES
 
 bp = Blueprint("pages", __name__)
-
-#: Model card keys shown in their own section, in this order; any other key is shown after them as it is.
-CARD_SECTIONS: list[tuple[str, str]] = [
-    ("summary", "Summary"),
-    ("classes", "Classes"),
-    ("input", "Input"),
-    ("output", "Output"),
-    ("metrics", "Metrics"),
-    ("calibration", "Calibration"),
-    ("uncertain_below", "Uncertain below"),
-    ("training", "Training"),
-    ("data_terms", "Training data and terms"),
-    ("intended_use", "Intended use"),
-    ("limitations", "Limitations"),
-    ("architecture", "Architecture"),
-    ("speed", "Speed"),
-]
-_NOT_SHOWN = {"name"}
-
-
-@bp.app_template_filter("columns")
-def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Every key of `rows`, in first-seen order (the columns of a table of dicts)."""
-    return list(dict.fromkeys(k for row in rows for k in row))
 
 
 @bp.get("/")
@@ -51,29 +27,25 @@ def webcam() -> str:
 
 @bp.get("/model")
 def model() -> str:
-    """The model card in readable form."""
+    """The model card in words: classes, accuracy, what it is for and not for, data and terms."""
     classes = request.args.get("classes", "")
     if classes not in CLASS_SETS:
         classes = analyzers().default
     analyzer = analyzers().get(classes)
-    shipped: dict[str, Any] = dict(getattr(analyzer, "model_card", None) or {})
-    card = dict(shipped)
-    card.setdefault("classes", list(analyzer.classes))
-    # What is true of every moodlens model is shown even when a model ships without its card.
-    for key, value in (("intended_use", INTENDED_USE), ("limitations", LIMITATIONS), ("data_terms", DATA_TERMS)):
-        card.setdefault(key, value)
-    known = {k for k, _ in CARD_SECTIONS} | _NOT_SHOWN
-    ordered = [(title, key) for key, title in CARD_SECTIONS if key in card]
-    ordered += [(key.replace("_", " ").capitalize(), key) for key in card if key not in known]
-    # Numbers and flags go together in one list of facts; text, lists and tables get a section each.
-    facts = [(title, card[key]) for title, key in ordered if isinstance(card[key], int | float | bool)]
-    sections = [(title, key, card[key]) for title, key in ordered if not isinstance(card[key], int | float | bool)]
-    return render_template(
-        "model.html", page="model", card=card, has_card=bool(shipped), sections=sections, facts=facts,
-        classes=classes, class_sets=CLASS_SETS)
+    card: dict[str, Any] = dict(getattr(analyzer, "model_card", None) or {})
+    names = [str(c) for c in card.get("classes") or analyzer.classes]
+    view = readable_card(card, names, getattr(analyzer, "uncertain_below", None))
+    return render_template("model.html", page="model", card=view, has_card=bool(card), classes=classes,
+                           class_sets=CLASS_SETS)
 
 
 @bp.get("/api")
 def api_docs() -> str:
     """How to call the API, and what each problem type means."""
     return render_template("api.html", page="api", problems=PROBLEM_TYPES)
+
+
+@bp.get("/api/docs")
+def openapi_docs() -> str:
+    """The OpenAPI document rendered by Swagger UI (vendored in static/, see swagger-ui.PROVENANCE.md)."""
+    return render_template("api_docs.html", page="api")

@@ -1,4 +1,4 @@
-"""Security headers on every response, cache headers, and a per-client rate limit on the API.
+"""Security headers on every response, cache headers, a per-client rate limit on the API, and opt-in CORS.
 
 The rate limit is a token bucket per client address, in memory, per process: with N gunicorn workers a client
 can get up to N times the configured rate. Good enough to stop one client from hogging a small server; put a
@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
 
@@ -74,7 +75,7 @@ class TokenBucketLimiter:
 def rate_limit() -> None:
     """`before_request` hook for the API blueprint: raise a 429 problem when this client is over its rate."""
     limiter: TokenBucketLimiter | None = current_app.extensions.get("moodlens.limiter")
-    if limiter is None or request.endpoint in EXEMPT:
+    if limiter is None or request.endpoint in EXEMPT or request.method == "OPTIONS":  # preflights are free
         return
     allowed, wait, left = limiter.take(request.remote_addr or "unknown")
     if not allowed:
@@ -88,9 +89,53 @@ def rate_limit() -> None:
 #: Endpoints that are never rate-limited (health checks from monitors and load balancers).
 EXEMPT = {"api.health"}
 
+#: What a cross-origin page may do with the API when CORS is on (`MOODLENS_CORS_ORIGIN`, `serve --cors-origin`).
+CORS_METHODS = "GET, POST"
+CORS_REQUEST_HEADERS = "Content-Type"
+CORS_EXPOSED_HEADERS = "Retry-After, Server-Timing"
+CORS_MAX_AGE = 600
+
+
+def cors_origin(value: str) -> str:
+    """`value` as a web origin, `scheme://host[:port]` (lower-case; a trailing slash dropped); ValueError otherwise.
+
+    One exact origin only: no `*`, no path, no user name.
+    """
+    text = (value or "").strip()
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or "@" in parts.netloc
+            or parts.path not in ("", "/") or parts.query or parts.fragment or "*" in text or " " in text):
+        raise ValueError(f"a CORS origin is scheme://host[:port], like https://example.org, not {value!r}")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _add_cors(resp: Response, origin: str) -> None:
+    """CORS headers on an API response, for `origin` only; every API response varies on Origin."""
+    if not request.path.startswith("/api/v1/"):
+        return
+    resp.vary.add("Origin")
+    if request.headers.get("Origin") != origin:
+        return
+    resp.headers["Access-Control-Allow-Origin"] = origin
+    resp.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        resp.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        resp.headers["Access-Control-Allow-Headers"] = CORS_REQUEST_HEADERS
+        resp.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE)
+
 
 def init_app(app: Flask) -> None:
     """Create the limiter from the config and add headers to every response."""
+    origin = app.config.get("MOODLENS_CORS_ORIGIN")
+    if origin:
+        origin = app.config["MOODLENS_CORS_ORIGIN"] = cors_origin(origin)
     rate = app.config.get("MOODLENS_RATE_LIMIT")
     if rate:
         app.extensions["moodlens.limiter"] = TokenBucketLimiter(rate, app.config.get("MOODLENS_RATE_BURST", 1))
@@ -100,6 +145,8 @@ def init_app(app: Flask) -> None:
     def _headers(resp: Response) -> Response:
         for name, value in HEADERS.items():
             resp.headers.setdefault(name, value)
+        if origin:
+            _add_cors(resp, origin)
         if request.endpoint == "static":
             filename = (request.view_args or {}).get("filename", "")
             current = request.args.get("v") and request.args["v"] == versions.get(filename)

@@ -1,4 +1,5 @@
-/* moodlens webcam page: capture frames, send them (320 px JPEG) one at a time, draw faces on the video. */
+/* moodlens webcam page: capture frames, send them (320 px JPEG) one at a time, draw faces on the video. The
+   preview is mirrored (CSS, like a mirror); the frames sent are not, and the boxes are drawn mirrored to match. */
 "use strict";
 (function () {
   const M = window.Moodlens;
@@ -14,6 +15,8 @@
   const video = document.getElementById("video");
   const overlay = document.getElementById("cam-overlay");
   const list = document.getElementById("cam-faces");
+  const summary = document.getElementById("cam-summary"); // not a live region: it changes with every frame
+  const note = document.getElementById("cam-uncertain-note");
   const canvas = document.createElement("canvas");
 
   let stream = null;
@@ -97,15 +100,20 @@
         await sleep(500);
         continue;
       }
-      M.drawFaces(overlay, res.body);
-      M.faceList(list, res.body);
+      M.drawFaces(overlay, res.body, { mirror: true });
+      M.faceList(list, res.body, { image: canvas, mirror: true });
+      M.relink(overlay);
       const now = performance.now();
       const inst = 1000 / Math.max(1, now - last);
       last = now;
       fps = fps ? 0.8 * fps + 0.2 * inst : inst;
       fpsOut.textContent = fps.toFixed(1) + " fps";
-      const n = res.body.faces.length;
-      say(n ? (n === 1 ? "1 face." : n + " faces.") : "No face found.");
+      summary.textContent = M.summaryText(res.body);
+      if (message.classList.contains("error")) say("Camera on. Reading expressions…"); // recovered
+      if (typeof res.body.uncertain_below === "number") {
+        note.textContent = M.uncertainText(res.body.uncertain_below);
+        note.hidden = false;
+      }
     }
   }
 
@@ -148,6 +156,7 @@
     }
     stopBtn.disabled = false;
     say("Camera on. Reading expressions…");
+    M.linkFaces(overlay, list);
     loop(id);
   }
 
@@ -162,6 +171,7 @@
     stage.hidden = true;
     overlay.replaceChildren();
     list.replaceChildren();
+    summary.textContent = "";
     fpsOut.textContent = "– fps";
     startBtn.disabled = false;
     stopBtn.disabled = true;
