@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,11 +125,72 @@ def test_video_timeline_and_plot(video, tmp_path):
     timeline, plot = tmp_path / "clip.timeline.csv", tmp_path / "clip.timeline.png"
     assert record["timeline_csv"] == str(timeline) and str(plot) in result.stderr
     rows = list(csv.DictReader(timeline.open()))
-    assert list(rows[0]) == ["frame", "time_s", "face_index", "expression", *(f"p_{c}" for c in CLASSES)]
+    assert list(rows[0]) == ["frame", "time_s", "face_id", "face_index", "box_x", "box_y", "box_w", "box_h",
+                             "expression", *(f"p_{c}" for c in CLASSES)]
     assert [r["frame"] for r in rows] == ["0", "3", "6", "9"]
     assert [float(r["time_s"]) for r in rows] == pytest.approx([0, 0.3, 0.6, 0.9])
-    assert all(r["face_index"] == "0" and r["expression"] in CLASSES for r in rows)
+    assert all(r["face_id"] == "1" and r["face_index"] == "0" and r["expression"] in CLASSES for r in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert record["faces_tracked"] == 1 and record["annotated"] is None and "warning" not in record
+    assert "(1 face tracked)" in result.stderr
+    assert "0/12 [" in result.stderr and "frame/s" in result.stderr  # the progress bar counts frames, not files
+    assert "/1 [" not in result.stderr
+
+
+def test_no_smooth_gives_each_frames_own_scores(video, tmp_path):
+    def scores(*flags: str) -> list[list[str]]:
+        result = run(str(video), "-q", "--every", "3", "--out", str(tmp_path), *flags)
+        assert result.exit_code == 0, result.output
+        rows = list(csv.DictReader((tmp_path / "clip.timeline.csv").open()))
+        return [[r[f"p_{c}"] for c in CLASSES] for r in rows]
+
+    smooth, raw = scores(), scores("--no-smooth")
+    assert smooth[0] == raw[0] and smooth[1:] != raw[1:]  # the first frame is its own average
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_video_annotate_writes_every_frame_and_never_overwrites(video, tmp_path, where):
+    out = tmp_path / "drawn"
+    target = out / "clip.mp4" if where == "folder" else out / "clip, drawn.mp4"
+    first = run(str(video), "--every", "3", "--annotate", str(out if where == "folder" else target))
+    assert first.exit_code == 0, first.output
+    record = json.loads(first.stdout)
+    assert record["annotated"] == str(target) and str(target) in first.stderr
+    assert record["timeline_csv"] == str(out / "clip.timeline.csv")  # beside the annotated copy
+    cap = cv2.VideoCapture(str(target))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert sum(cap.read()[0] for _ in range(13)) == 12
+    cap.release()
+    drawn = target.read_bytes()
+    again = run(str(video), "-q", "--every", "3", "--annotate", str(out if where == "folder" else target))
+    assert again.exit_code == 1
+    error = json.loads(again.stdout)["error"]
+    assert error.startswith("FileExistsError") and "never overwritten" in error
+    assert target.read_bytes() == drawn and not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_annotate_file_takes_one_video(video, photos, tmp_path):
+    many = run(str(video), str(photos / "face.jpg"), "--annotate", str(tmp_path / "x.mp4"))
+    assert many.exit_code == 2 and "one video" in many.output
+    webm = run(str(video), "--annotate", str(tmp_path / "x.webm"))
+    assert webm.exit_code == 2 and ".mp4" in webm.output
+    (tmp_path / "a-file").write_text("")
+    not_a_folder = run(str(photos / "face.jpg"), "--annotate", str(tmp_path / "a-file"))
+    assert not_a_folder.exit_code == 2 and "not a folder" in not_a_folder.output
+
+
+def test_a_video_without_a_face_says_so(tmp_path, coffee_rgb):
+    path = tmp_path / "cup.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for _ in range(4):
+        writer.write(cv2.cvtColor(cv2.resize(coffee_rgb, (320, 240)), cv2.COLOR_RGB2BGR))
+    writer.release()
+    result = run(str(path), "--every", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["faces_tracked"] == 0 and record["warning"] == "no face found in 2 analyzed frames"
+    assert [line for line in result.stderr.splitlines() if "no face found" in line] == [
+        f"{path}: 2 of 4 frames -> {tmp_path / 'cup.timeline.csv'}, {tmp_path / 'cup.timeline.png'} (no face found)"]
 
 
 def test_broken_video(tmp_path):

@@ -256,8 +256,9 @@ def test_csv_cells_are_text_for_spreadsheets_and_terminals(tmp_path, photo, vide
     assert note.startswith("clip\\x1b]0;title\\x07.mp4: ") and "\x1b" not in result.stderr.replace("\x1b[A", "")
 
     timeline = list(csv.reader(open(tmp_path / "clip\x1b]0;title\x07.timeline.csv", newline="")))
-    assert timeline[0][:4] == ["frame", "time_s", "face_index", "expression"]
-    assert {row[3] for row in timeline[1:]} == {"'+SUM(1)"}
+    assert timeline[0][:5] == ["frame", "time_s", "face_id", "face_index", "box_x"]
+    expression = timeline[0].index("expression")
+    assert {row[expression] for row in timeline[1:]} == {"'+SUM(1)"}
 
 
 # ------------------------------------------------------------------------------ -q and exit statuses

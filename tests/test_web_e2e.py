@@ -473,6 +473,48 @@ def test_webcam_preview_is_mirrored_and_quiet(server, browser):
     page.context.close()
 
 
+#: Wraps the page's fetch to note each frame the webcam page posts: its bytes, type and size as the browser decodes it.
+RECORD_FRAMES = """(() => {
+  const original = window.fetch;
+  window.__frames = [];
+  window.fetch = function (input, init) {
+    const body = init && init.body;
+    if (String((input && input.url) || input).includes("/api/v1/analyze") && body instanceof Blob) {
+      const rec = { bytes: body.size, type: body.type };
+      window.__frames.push(rec);
+      createImageBitmap(body).then(function (b) { rec.w = b.width; rec.h = b.height; b.close(); });
+    }
+    return original.apply(this, arguments);
+  };
+})();"""
+
+
+def test_webcam_sends_large_frames_and_keeps_each_face_number(server, browser):
+    """Frames of 640 px (320 px before: faces 2-3 m away were too small to read), and the face keeps its
+    number from frame to frame (the page's tracker), shown on its label and in the list."""
+    page, errors = open_page(browser, "about:blank", DESKTOP)
+    page.add_init_script(RECORD_FRAMES)
+    page.goto(server + "/webcam")
+    page.click("#start")
+    page.wait_for_selector("#cam-overlay .face-box", timeout=20_000)
+    page.wait_for_function("() => window.__frames.filter(f => f.w).length >= 4", timeout=20_000)
+    numbers = set()
+    for _ in range(6):
+        numbers |= set(page.eval_on_selector_all("#cam-overlay .face-box", "bs => bs.map(b => b.dataset.face)"))
+        time.sleep(0.2)
+    label = page.locator("#cam-overlay .face-label").first.inner_text()
+    item = page.locator("#cam-faces .face-name").first.inner_text()
+    frames = [f for f in page.evaluate("window.__frames") if "w" in f]
+    page.click("#stop")
+    # the fake camera films 640x480: sent as it is (the long side's cap is 640), as a JPEG
+    assert {(f["w"], f["h"], f["type"]) for f in frames} == {(640, 480, "image/jpeg")}
+    assert all(f["bytes"] > 10_000 for f in frames)
+    assert numbers == {"1"} and label.startswith("1 ") and label_class(label) in CLASSES
+    assert item.startswith("Face 1: ")
+    assert errors == []
+    page.context.close()
+
+
 # --- API docs, CORS -----------------------------------------------------------------------------------------------
 
 

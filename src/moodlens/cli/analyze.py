@@ -24,7 +24,7 @@ from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.runtime import quiet_native_output
 from moodlens.engine.safeio import check_regular, csv_cell, list_inside, printable, write_atomic
-from moodlens.engine.video import VIDEO_SUFFIXES
+from moodlens.engine.video import VIDEO_SUFFIXES, WRITABLE_SUFFIXES, annotated_name
 
 CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression", "uncertain", "quality"]
 
@@ -42,6 +42,7 @@ class Settings:
     out: str | None
     min_face_score: float = 0.5
     quiet: bool = False
+    smooth: bool = True  # videos: each face's scores averaged over its recent frames
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,21 @@ def is_video(job: Job) -> bool:
 def output_paths(job: Job, settings: Settings) -> list[Path]:
     """Every file the run writes for `job`."""
     if is_video(job):
-        return list(timeline_paths(job, settings))
+        drawn = [annotated_video_path(job, settings)] if settings.annotate else []
+        return [*timeline_paths(job, settings), *drawn]
     return [annotated_path(settings.annotate, job)] if settings.annotate else []
+
+
+def annotates_one_file(annotate: str | None) -> bool:
+    """Whether `--annotate` names the annotated copy of one video (clip.drawn.mp4) rather than a folder."""
+    return bool(annotate) and Path(annotate).suffix.lower() in VIDEO_SUFFIXES and not Path(annotate).is_dir()
+
+
+def annotate_folder(settings: Settings) -> str | None:
+    """The folder `--annotate` writes in: itself, or the folder of the one video file it names."""
+    if annotates_one_file(settings.annotate):
+        return str(Path(settings.annotate).parent)
+    return settings.annotate
 
 
 def check_outputs(jobs: list[Job], settings: Settings) -> None:
@@ -143,16 +157,25 @@ def annotated_path(folder: str, job: Job) -> Path:
     return out if out.suffix.lower() in (".jpg", ".jpeg", ".png") else out.with_name(out.name + ".jpg")
 
 
+def annotated_video_path(job: Job, settings: Settings) -> Path:
+    """Where a video's annotated copy goes: the file --annotate names, else its name (".mp4" appended where
+    OpenCV cannot write that container: clip.webm.mp4) mirrored under the --annotate folder."""
+    if annotates_one_file(settings.annotate):
+        return Path(settings.annotate)
+    out = _mirrored(settings.annotate, job)
+    return out.with_name(annotated_name(out.name))
+
+
 def timeline_root(job: Job, settings: Settings) -> Path:
-    """The folder a video's timeline is written in: --out, else --annotate, else the video's own folder."""
-    folder = settings.out or settings.annotate
+    """The folder a video's timeline is written in: --out, else --annotate's folder, else the video's own."""
+    folder = settings.out or annotate_folder(settings)
     return Path(folder) if folder else Path(job.path).parent
 
 
 def timeline_paths(job: Job, settings: Settings) -> tuple[Path, Path]:
     """Where a video's timeline CSV and plot go: <stem>.timeline.csv and <stem>.timeline.png, mirrored under
     --out/--annotate, else beside the video."""
-    folder = settings.out or settings.annotate
+    folder = settings.out or annotate_folder(settings)
     base = _mirrored(folder, job) if folder else Path(job.path)
     return base.with_name(base.stem + ".timeline.csv"), base.with_name(base.stem + ".timeline.png")
 
@@ -194,19 +217,39 @@ def _analyze_image(job: Job, settings: Settings) -> dict:
 
 
 def _analyze_video(job: Job, settings: Settings) -> dict:
-    from moodlens.engine.video import analyze_video, plot_timeline, write_timeline_csv
+    from moodlens.engine.video import analyze_video, frame_count, plot_timeline, write_timeline_csv
 
     check_regular(job.path)  # OpenCV opens the file itself: a FIFO would block it, a device never end
-    timeline = analyze_video(_STATE["analyzer"], job.path, every=settings.every)
+    drawn = annotated_video_path(job, settings) if settings.annotate else None
+    bar = None
+    if _STATE.get("frame_bar") and not settings.quiet:  # only in the main process: one terminal, one bar set
+        from tqdm import tqdm
+
+        name = printable(Path(job.path).name)
+        bar = tqdm(total=frame_count(job.path), unit="frame", desc=name if len(name) <= 30 else name[:29] + "…",
+                   file=sys.stderr, leave=False, dynamic_ncols=True)
+    try:
+        timeline = analyze_video(_STATE["analyzer"], job.path, every=settings.every, smooth=settings.smooth,
+                                 annotate=drawn, root=annotate_folder(settings) if drawn else None,
+                                 min_face_score=settings.min_face_score,
+                                 progress=(lambda _: bar.update(1)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
     root, (csv_path, png_path) = timeline_root(job, settings), timeline_paths(job, settings)
     write_timeline_csv(timeline, csv_path, root)
+    seen = timeline.faces_seen
     record = {"path": job.path, "video": True, "frames": timeline.frames_read, "frames_analyzed":
-              timeline.frames_analyzed, "timeline_csv": str(csv_path), "timeline_png": str(png_path), "error": None}
+              timeline.frames_analyzed, "faces_tracked": len(seen), "timeline_csv": str(csv_path),
+              "timeline_png": str(png_path), "annotated": str(drawn) if drawn else None, "error": None}
+    warnings = [] if seen else [f"no face found in {timeline.frames_analyzed} analyzed frames"]
     try:
         plot_timeline(timeline, png_path, title=printable(Path(job.path).name), root=root)
     except ModuleNotFoundError as exc:  # the serving install has no matplotlib: the CSV is the timeline
-        record.update(timeline_png=None, warning=f"no timeline plot: {exc.name} is not installed "
-                                                 f"(pip install 'moodlens[plots]')")
+        record["timeline_png"] = None
+        warnings.append(f"no timeline plot: {exc.name} is not installed (pip install 'moodlens[plots]')")
+    if warnings:
+        record["warning"] = "; ".join(warnings)
     return record
 
 
@@ -214,6 +257,7 @@ def run_jobs(jobs: list[Job], settings: Settings, workers: int) -> Iterator[dict
     """Records for `jobs`, in order, from this process or from a pool of `workers` processes."""
     _init_state(settings)  # also validates the model before any work starts
     workers = max(1, min(workers, len(jobs)))
+    _STATE["frame_bar"] = workers == 1  # videos analyzed here show a bar by frames; in a pool, only by files
     if workers == 1:
         yield from map(analyze_job, jobs)
         return
@@ -249,7 +293,9 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "fmt", flag_value="json", default=True, help="One JSON object per image (default).")
 @click.option("--csv", "fmt", flag_value="csv", help="One CSV row per face instead.")
-@click.option("--annotate", type=click.Path(file_okay=False), help="Write annotated copies of the images here.")
+@click.option("--annotate", type=click.Path(), metavar="DIR|VIDEO",
+              help="Write annotated copies (photos, and videos with face ids) into this folder; or, for one video, "
+                   "the annotated video's file name (.mp4 .avi .mov .mkv; never overwritten).")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True, help="Class set.")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
               help="A .tflite expression model instead of the shipped one.")
@@ -257,6 +303,8 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
               help="Face detector: short range, full range, or auto (both as needed).")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: analyze every Nth frame.")
+@click.option("--smooth/--no-smooth", default=True, show_default=True,
+              help="Videos: average each face's scores over its last few analyzed frames (a moving average).")
 @click.option("--explain", is_flag=True, help="Add an occlusion heatmap per face (slower).")
 @click.option("--min-face-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Leave out faces the detector scored lower (0.5 is the lowest the detectors report).")
@@ -268,38 +316,55 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
               help="Only the results: no progress bar, summary, notes or native libraries' notices on stderr.")
 @click.pass_context
 def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annotate: str | None, classes: str,
-                    model_path: str | None, detector: str, every: int, explain: bool, min_face_score: float,
-                    out: str | None,
-                    workers: int | None, quiet: bool) -> None:
+                    model_path: str | None, detector: str, every: int, smooth: bool, explain: bool,
+                    min_face_score: float, out: str | None, workers: int | None, quiet: bool) -> None:
     """Find faces and read their expressions in photos and videos (files or folders, recursively).
 
     Photos: one JSON line per image on stdout, {"path", "faces": [{"box": [x, y, w, h], "score", "expression",
     "scores", "uncertain"}], "error"}, or with --csv one row per face. A file that cannot be read gets an error
-    and the run goes on; the exit status is 1 when any input failed. Videos (mp4, avi, mov, mkv, webm): a
-    per-frame timeline CSV and a PNG plot of the scores over time.
+    and the run goes on; the exit status is 1 when any input failed. Videos (mp4, avi, mov, mkv, webm): each
+    face keeps an id across frames; a per-frame timeline CSV, a PNG plot of each face's scores over time and,
+    with --annotate, an annotated copy of the video.
     """
     from moodlens.engine.errors import MoodlensError
 
-    settings = Settings(classes, model_path, detector, explain, every, annotate, out, min_face_score, quiet)
+    settings = Settings(classes, model_path, detector, explain, every, annotate, out, min_face_score, quiet, smooth)
     jobs = collect_jobs(paths, skip=(annotate, out))
     if not jobs:
         raise click.UsageError("no images or videos found in the given paths")
+    check_annotate(annotate, jobs)
     check_outputs(jobs, settings)
     try:
         with quiet_native_output(quiet):
             _init_state(settings)
     except MoodlensError as exc:
         raise click.ClickException(printable(str(exc), lines=True)) from exc
+    one_video = len(jobs) == 1 and is_video(jobs[0])  # its bar by frames is the progress; no bar by files
     counts = _print_records(run_jobs(jobs, settings, workers or default_workers()), len(jobs), fmt,
-                            tuple(_STATE["analyzer"].classes), quiet)
+                            tuple(_STATE["analyzer"].classes), quiet or one_video, quiet)
     if not quiet:
         click.echo(f"{len(jobs) - counts['videos']} images ({counts['faces']} faces), {counts['videos']} videos, "
                    f"{counts['errors']} errors", err=True)
     ctx.exit(1 if counts["errors"] else 0)
 
 
+def check_annotate(annotate: str | None, jobs: list[Job]) -> None:
+    """`--annotate` is a folder, or the file name of one video's annotated copy in a container OpenCV writes."""
+    if not annotate:
+        return
+    if annotates_one_file(annotate):
+        if len(jobs) != 1 or not is_video(jobs[0]):
+            raise click.UsageError(f"--annotate {printable(annotate)} names one video's annotated copy: give a "
+                                   "folder to annotate several inputs or photos")
+        if Path(annotate).suffix.lower() not in WRITABLE_SUFFIXES:
+            raise click.UsageError(f"--annotate {printable(annotate)}: this OpenCV cannot write that container; "
+                                   f"use {', '.join(sorted(WRITABLE_SUFFIXES))}")
+    elif Path(annotate).exists() and not Path(annotate).is_dir():
+        raise click.UsageError(f"--annotate {printable(annotate)}: exists and is not a folder")
+
+
 def _print_records(records: Iterator[dict], total: int, fmt: str, classes: tuple[str, ...],
-                   quiet: bool) -> dict[str, int]:
+                   no_bar: bool, quiet: bool) -> dict[str, int]:
     """Print each record as it comes (JSON line or CSV rows), with a progress bar; counts faces, videos, errors."""
     from tqdm import tqdm
 
@@ -308,13 +373,16 @@ def _print_records(records: Iterator[dict], total: int, fmt: str, classes: tuple
         writer.writerow([csv_cell(c) for c in ["path", *CSV_FACE_COLUMNS, *(f"p_{c}" for c in classes), "error"]])
     counts = {"faces": 0, "videos": 0, "errors": 0}
     notes = []
-    with tqdm(total=total, unit="file", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="file", file=sys.stderr, disable=no_bar, dynamic_ncols=True) as bar:
         for record in records:
             counts["errors"] += record["error"] is not None
             if record.get("video"):
                 counts["videos"] += 1
+                written = [record[k] for k in ("timeline_csv", "timeline_png", "annotated") if record.get(k)]
+                found = (f"{record['faces_tracked']} face{'s' if record['faces_tracked'] != 1 else ''} tracked"
+                         if record["faces_tracked"] else "no face found")
                 notes.append(printable(f"{record['path']}: {record['frames_analyzed']} of {record['frames']} "
-                                       f"frames -> {record['timeline_csv']}, {record['timeline_png']}"))
+                                       f"frames -> {', '.join(written)} ({found})"))
             else:
                 counts["faces"] += len(record["faces"])
                 if writer:

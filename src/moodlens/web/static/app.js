@@ -59,7 +59,8 @@
     return "The server answered " + status + ".";
   }
 
-  /* The faces of a result numbered left to right (by the middle of each box, as shown: mirrored or not). */
+  /* The faces of a result numbered left to right (by the middle of each box, as shown: mirrored or not), listed
+     in that order; a face that carries a tracking id (`id`, the webcam page) keeps that as its number. */
   function numbered(result, mirror) {
     const W = result.width;
     return result.faces.map(function (face, i) {
@@ -68,7 +69,7 @@
       return { face: face, index: i, box: [left, y, w, h] };
     }).sort(function (a, b) {
       return (a.box[0] + a.box[2] / 2) - (b.box[0] + b.box[2] / 2) || a.box[1] - b.box[1];
-    }).map(function (f, k) { f.n = k + 1; return f; });
+    }).map(function (f, k) { f.n = typeof f.face.id === "number" ? f.face.id : k + 1; return f; });
   }
 
   /* "7 faces: 5 happy, 1 neutral, 1 uncertain", "1 face: happy" (an uncertain face is counted as uncertain, not
@@ -186,7 +187,8 @@
     const items = state.faces.map(function (f) {
       const r = state.result;
       const box = [f.box[0] * W / r.width, f.box[1] * H / r.height, f.box[2] * W / r.width, f.box[3] * H / r.height];
-      return { key: f.n, box: box, texts: labelTexts(f, state.faces.length > 1, phone) };
+      const many = state.faces.length > 1 || typeof f.face.id === "number"; // a tracked face shows its id
+      return { key: f.n, box: box, texts: labelTexts(f, many, phone) };
     });
     const spots = placeLabels(items, W, H, function (text) {
       probe.textContent = text;

@@ -1,11 +1,24 @@
-/* moodlens webcam page: capture frames, send them (320 px JPEG) one at a time, draw faces on the video. The
-   preview is mirrored (CSS, like a mirror); the frames sent are not, and the boxes are drawn mirrored to match. */
+/* moodlens webcam page: capture frames, send them (JPEG, up to 640 px on the long side) one at a time, draw faces
+   on the video. Each face keeps its number from frame to frame (a tracker in this page, as the engine's
+   engine/track.py does for videos) and its scores are averaged over its last few frames. The preview is mirrored
+   (CSS, like a mirror); the frames sent are not, and the boxes are drawn mirrored to match. */
 "use strict";
 (function () {
   const M = window.Moodlens;
-  const WIDTH = 320;
-  const QUALITY = 0.7;
-  const MIN_INTERVAL_MS = 66; // at most ~15 frames a second, however fast the server answers
+  // 640 px keeps a face 2-3 m from a laptop camera at 30-50 px, enough to find and read it (at 320 px it was
+  // 15-25 px: found, but read as "uncertain"); the server decodes large JPEGs at a reduced size for detection.
+  const LONG_SIDE = 640;
+  const QUALITY = 0.8;
+  const MIN_INTERVAL_MS = 50; // at most 20 frames a second (the server's default rate limit per client)
+  // frames on their way at once. 2 overlaps encoding and sending with the analysis, but on the 2-core dev host
+  // (CPU-bound, loaded) it gave the same fps with twice the lag (270 ms instead of 120): benchmarks/bench_webcam.py
+  const IN_FLIGHT = 1;
+  // tracking (the same rules and defaults as engine/track.py): greedy IoU matching against each face's predicted
+  // box, then the nearest face within one face size; a face unseen for more than MAX_MISSED frames is gone
+  const IOU_MIN = 0.3;
+  const MAX_MISSED = 5;
+  const MAX_JUMP = 1.0;
+  const ALPHA = 0.4; // weight of the newest frame in each face's moving average of its scores
   const startBtn = document.getElementById("start");
   const stopBtn = document.getElementById("stop");
   const classes = document.getElementById("cam-classes");
@@ -17,11 +30,106 @@
   const list = document.getElementById("cam-faces");
   const summary = document.getElementById("cam-summary"); // not a live region: it changes with every frame
   const note = document.getElementById("cam-uncertain-note");
-  const canvas = document.createElement("canvas");
+  // one canvas per frame that can be on its way, and one more: a frame's thumbnails are cut from its own canvas
+  const canvases = [0, 1, 2].map(function () { return document.createElement("canvas"); });
 
   let stream = null;
   let session = 0; // bumped on every start and stop; a loop whose session is over ends
-  let controller = null;
+  const controllers = new Set(); // one per request on its way
+  let tracker = makeTracker();
+
+  function iou(a, b) {
+    const iw = Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]);
+    const ih = Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]);
+    if (iw <= 0 || ih <= 0) return 0;
+    const inter = iw * ih;
+    const union = a[2] * a[3] + b[2] * b[3] - inter;
+    return union > 0 ? inter / union : 0;
+  }
+
+  /* Ids for the faces of successive frames (boxes [x, y, w, h]) and their smoothed scores. */
+  function makeTracker() {
+    let tracks = []; // {id, box, vx, vy, missed, hits, scores}
+    let nextId = 1;
+
+    function predicted(t) {
+      const k = t.missed + 1;
+      return [t.box[0] + t.vx * k, t.box[1] + t.vy * k, t.box[2], t.box[3]];
+    }
+
+    function follow(t, box) {
+      const k = t.missed + 1;
+      const dx = (box[0] + box[2] / 2 - t.box[0] - t.box[2] / 2) / k;
+      const dy = (box[1] + box[3] / 2 - t.box[1] - t.box[3] / 2) / k;
+      t.vx = t.hits === 1 ? dx : 0.5 * t.vx + 0.5 * dx;
+      t.vy = t.hits === 1 ? dy : 0.5 * t.vy + 0.5 * dy;
+      t.box = box;
+      t.missed = 0;
+      t.hits++;
+    }
+
+    function update(boxes) {
+      const ids = boxes.map(function () { return null; });
+      const freeT = new Set(tracks.map(function (_, i) { return i; }));
+      const freeF = new Set(boxes.map(function (_, i) { return i; }));
+      const pred = tracks.map(predicted);
+      function assign(pairs) {
+        for (const [, t, f] of pairs) {
+          if (!freeT.has(t) || !freeF.has(f)) continue;
+          follow(tracks[t], boxes[f]);
+          ids[f] = tracks[t].id;
+          freeT.delete(t);
+          freeF.delete(f);
+        }
+      }
+      const overlaps = [];
+      for (const t of freeT) for (const f of freeF) {
+        const v = iou(pred[t], boxes[f]);
+        if (v >= IOU_MIN) overlaps.push([v, t, f]);
+      }
+      assign(overlaps.sort(function (a, b) { return b[0] - a[0]; }));
+      const near = [];
+      for (const t of freeT) for (const f of freeF) {
+        const p = pred[t];
+        const b = boxes[f];
+        const size = Math.sqrt(Math.max(p[2] * p[3], 1e-9));
+        const ratio = Math.sqrt(Math.max(b[2] * b[3], 1e-9)) / size;
+        const dist = Math.hypot(b[0] + b[2] / 2 - p[0] - p[2] / 2, b[1] + b[3] / 2 - p[1] - p[3] / 2) / size;
+        if (dist <= MAX_JUMP && ratio > 0.5 && ratio < 2) near.push([dist, t, f]);
+      }
+      assign(near.sort(function (a, b) { return a[0] - b[0]; }));
+      for (const t of freeT) tracks[t].missed++;
+      for (const f of Array.from(freeF).sort(function (a, b) { return a - b; })) {
+        tracks.push({ id: nextId, box: boxes[f], vx: 0, vy: 0, missed: 0, hits: 1, scores: null });
+        ids[f] = nextId++;
+      }
+      const byId = new Map(tracks.map(function (t) { return [t.id, t]; }));
+      tracks = tracks.filter(function (t) { return t.missed <= MAX_MISSED; });
+      return ids.map(function (id) { return byId.get(id); });
+    }
+
+    /* The result with each face given its id (`id`) and its scores averaged over its recent frames (the
+       expression and "uncertain" follow from the averaged scores). */
+    function track(result) {
+      const found = update(result.faces.map(function (f) { return f.box; }));
+      const threshold = typeof result.uncertain_below === "number" ? result.uncertain_below : 0.5;
+      const faces = result.faces.map(function (face, i) {
+        const t = found[i];
+        const scores = {};
+        for (const [name, p] of Object.entries(face.scores)) {
+          scores[name] = t.scores && name in t.scores ? ALPHA * p + (1 - ALPHA) * t.scores[name] : p;
+        }
+        t.scores = scores;
+        let top = face.expression;
+        for (const name in scores) if (scores[name] > (scores[top] || 0)) top = name;
+        return Object.assign({}, face, { id: t.id, scores: scores, expression: top,
+          uncertain: scores[top] < threshold });
+      });
+      return Object.assign({}, result, { faces: faces });
+    }
+
+    return { track: track };
+  }
 
   function say(text, isError) {
     message.textContent = text;
@@ -51,69 +159,94 @@
     }
   }
 
-  function grab() {
+  /* The current video frame as a JPEG, drawn into `canvas` (which keeps it for the face thumbnails). */
+  function grab(canvas) {
     const w = video.videoWidth;
     const h = video.videoHeight;
-    const scale = Math.min(1, WIDTH / w);
+    const scale = Math.min(1, LONG_SIDE / Math.max(w, h));
     canvas.width = Math.round(w * scale);
     canvas.height = Math.round(h * scale);
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
     return new Promise(function (resolve) { canvas.toBlob(resolve, "image/jpeg", QUALITY); });
   }
 
+  /* Frames go out at most every MIN_INTERVAL_MS, with up to IN_FLIGHT on their way at once: the next frame is
+     encoded and sent while the server reads the one before. An answer older than one already shown is
+     dropped, so the tracker sees frames in order. */
   async function loop(id) {
-    let last = performance.now();
-    let fps = 0;
+    const st = { last: performance.now(), fps: 0, seq: 0, shown: 0, pauseUntil: 0, pending: 0, wake: null };
     let sent = 0;
     while (id === session) {
-      const wait = sent + MIN_INTERVAL_MS - performance.now();
+      const wait = Math.max(sent + MIN_INTERVAL_MS, st.pauseUntil) - performance.now();
       if (wait > 0) await sleep(wait);
       if (id !== session) break;
+      if (st.pending >= IN_FLIGHT) {
+        await Promise.race([new Promise(function (r) { st.wake = r; }), sleep(1000)]);
+        continue;
+      }
       if (video.readyState < 2 || !video.videoWidth) {
         await sleep(50);
         continue;
       }
       sent = performance.now();
-      const frame = await grab();
+      const n = ++st.seq;
+      const canvas = canvases[n % canvases.length];
+      const frame = await grab(canvas);
       if (id !== session) break;
       if (!frame) {
         await sleep(100);
         continue;
       }
-      controller = new AbortController();
-      let res;
-      try {
-        res = await M.analyze(frame, { classes: classes.value, raw: true }, controller.signal);
-      } catch (e) {
-        if (id !== session) break;
+      st.pending++;
+      send(id, n, frame, canvas, st).finally(function () {
+        st.pending--;
+        if (st.wake) st.wake();
+        st.wake = null;
+      });
+    }
+  }
+
+  async function send(id, n, frame, canvas, st) {
+    const controller = new AbortController();
+    controllers.add(controller);
+    let res;
+    try {
+      res = await M.analyze(frame, { classes: classes.value, raw: true }, controller.signal);
+    } catch (e) {
+      if (id === session) {
         say("Lost the connection to the server; retrying…", true);
-        await sleep(1000);
-        continue;
+        st.pauseUntil = performance.now() + 1000;
       }
-      if (id !== session) break;
-      if (res.status === 429) {
-        await sleep(1000 * res.retryAfter);
-        continue;
-      }
-      if (!res.ok) {
-        say(M.problemText(res.body, res.status), true);
-        await sleep(500);
-        continue;
-      }
-      M.drawFaces(overlay, res.body, { mirror: true });
-      M.faceList(list, res.body, { image: canvas, mirror: true });
-      M.relink(overlay);
-      const now = performance.now();
-      const inst = 1000 / Math.max(1, now - last);
-      last = now;
-      fps = fps ? 0.8 * fps + 0.2 * inst : inst;
-      fpsOut.textContent = fps.toFixed(1) + " fps";
-      summary.textContent = M.summaryText(res.body);
-      if (message.classList.contains("error")) say("Camera on. Reading expressions…"); // recovered
-      if (typeof res.body.uncertain_below === "number") {
-        note.textContent = M.uncertainText(res.body.uncertain_below);
-        note.hidden = false;
-      }
+      return;
+    } finally {
+      controllers.delete(controller);
+    }
+    if (id !== session) return;
+    if (res.status === 429) {
+      st.pauseUntil = performance.now() + 1000 * res.retryAfter;
+      return;
+    }
+    if (!res.ok) {
+      say(M.problemText(res.body, res.status), true);
+      st.pauseUntil = performance.now() + 500;
+      return;
+    }
+    if (n < st.shown) return; // overtaken by a newer frame's answer
+    st.shown = n;
+    const result = tracker.track(res.body);
+    M.drawFaces(overlay, result, { mirror: true });
+    M.faceList(list, result, { image: canvas, mirror: true });
+    M.relink(overlay);
+    const now = performance.now();
+    const inst = 1000 / Math.max(1, now - st.last);
+    st.last = now;
+    st.fps = st.fps ? 0.8 * st.fps + 0.2 * inst : inst;
+    fpsOut.textContent = st.fps.toFixed(1) + " fps";
+    summary.textContent = M.summaryText(result);
+    if (message.classList.contains("error")) say("Camera on. Reading expressions…"); // recovered
+    if (typeof res.body.uncertain_below === "number") {
+      note.textContent = M.uncertainText(res.body.uncertain_below);
+      note.hidden = false;
     }
   }
 
@@ -157,13 +290,14 @@
     stopBtn.disabled = false;
     say("Camera on. Reading expressions…");
     M.linkFaces(overlay, list);
+    tracker = makeTracker(); // numbers start again at 1 for each camera session
     loop(id);
   }
 
   function stop(text) {
     session++;
-    if (controller) controller.abort();
-    controller = null;
+    controllers.forEach(function (c) { c.abort(); });
+    controllers.clear();
     if (stream) stream.getTracks().forEach(function (t) { t.stop(); });
     stream = null;
     video.pause();

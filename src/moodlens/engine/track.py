@@ -1,0 +1,173 @@
+"""Faces across frames: a stable id per face (`FaceTracker`) and per-face smoothing of its scores (`ScoreSmoother`).
+
+Tracking is greedy box matching between consecutive analyzed frames, kept deliberately simple:
+
+1. Each live track predicts where its face is now: its last box moved by its velocity (the centre's motion per
+   frame, averaged over recent frames) times the frames since it was last seen.
+2. Every (track, face) pair whose predicted box and new box overlap by IoU >= `iou_threshold` is a candidate;
+   the pairs are taken best IoU first, each track and each face used at most once.
+3. Tracks and faces still unmatched are paired, nearest first, when the face's centre is within `max_jump` face
+   sizes of the prediction and the two sizes differ by less than 2x (a fast move, or `--every N` frames apart,
+   leaves no overlap).
+4. A face matched to no track starts a new one with the next id (1, 2, 3, ...; ids are never reused). A track
+   not seen for more than `max_missed` analyzed frames ends: the same person coming back later gets a new id.
+
+Landmarks are not used: at the frame rates and face sizes of a video the box alone separates faces well, and the
+velocity keeps two faces that cross paths on their own tracks. The browser does the same for the webcam page
+(`web/static/webcam.js`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+Box = tuple[float, float, float, float]  # x, y, w, h
+
+DEFAULT_IOU = 0.3
+DEFAULT_MAX_MISSED = 5
+DEFAULT_MAX_JUMP = 1.0
+DEFAULT_ALPHA = 0.4  # the newest frame's weight: about the mean of the last 4 frames (2 / alpha - 1)
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes; 0 when either is empty."""
+    ax0, ay0, aw, ah = a
+    bx0, by0, bw, bh = b
+    iw = min(ax0 + aw, bx0 + bw) - max(ax0, bx0)
+    ih = min(ay0 + ah, by0 + bh) - max(ay0, by0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _box(face) -> Box:
+    """A face's box: a `Face` (its `.box`), a `FaceBox` or any (x, y, w, h)."""
+    box = getattr(face, "box", face)
+    x, y, w, h = box
+    return float(x), float(y), float(w), float(h)
+
+
+@dataclass
+class Track:
+    """One face tracked across frames."""
+
+    id: int
+    box: Box
+    vx: float = 0.0  # centre motion per frame, pixels
+    vy: float = 0.0
+    missed: int = 0  # analyzed frames since it was last seen
+    hits: int = 1  # analyzed frames it was seen in
+
+    def predicted(self) -> Box:
+        steps = self.missed + 1
+        x, y, w, h = self.box
+        return x + self.vx * steps, y + self.vy * steps, w, h
+
+    def follow(self, box: Box) -> None:
+        steps = self.missed + 1
+        (x, y, w, h), (nx, ny, nw, nh) = self.box, box
+        dx = (nx + nw / 2 - x - w / 2) / steps
+        dy = (ny + nh / 2 - y - h / 2) / steps
+        first = self.hits == 1  # no velocity yet: take the first measured one as it is
+        self.vx = dx if first else 0.5 * self.vx + 0.5 * dx
+        self.vy = dy if first else 0.5 * self.vy + 0.5 * dy
+        self.box, self.missed, self.hits = box, 0, self.hits + 1
+
+
+class FaceTracker:
+    """Gives each face a stable id across frames: `update(faces)` once per analyzed frame, in frame order.
+
+    `faces`: `Face`s, `FaceBox`es or (x, y, w, h) boxes. Returns one id per face, in the same order. `reset()`
+    forgets every track (a new video); ids keep counting up so they never repeat within one tracker.
+    """
+
+    def __init__(self, iou_threshold: float = DEFAULT_IOU, max_missed: int = DEFAULT_MAX_MISSED,
+                 max_jump: float = DEFAULT_MAX_JUMP):
+        if not 0 < iou_threshold <= 1:
+            raise ValueError("iou_threshold must be in (0, 1]")
+        if max_missed < 0:
+            raise ValueError("max_missed must be 0 or more")
+        self.iou_threshold = iou_threshold
+        self.max_missed = max_missed
+        self.max_jump = max_jump
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def reset(self) -> None:
+        self.tracks = []
+
+    @property
+    def active_ids(self) -> set[int]:
+        """Ids of the tracks still alive (seen, or missed for at most `max_missed` frames)."""
+        return {t.id for t in self.tracks}
+
+    def update(self, faces: Sequence) -> list[int]:
+        boxes = [_box(f) for f in faces]
+        ids: list[int | None] = [None] * len(boxes)
+        free_tracks = set(range(len(self.tracks)))
+        free_faces = set(range(len(boxes)))
+        predicted = [t.predicted() for t in self.tracks]
+
+        overlaps = [(iou(predicted[t], boxes[f]), t, f) for t in free_tracks for f in free_faces]
+        self._assign(sorted((p for p in overlaps if p[0] >= self.iou_threshold), key=lambda p: -p[0]),
+                     ids, boxes, free_tracks, free_faces)
+        near = []
+        for t in free_tracks:
+            px, py, pw, ph = predicted[t]
+            for f in free_faces:
+                x, y, w, h = boxes[f]
+                size = math.sqrt(max(pw * ph, 1e-9))
+                ratio = math.sqrt(max(w * h, 1e-9)) / size
+                dist = math.hypot(x + w / 2 - px - pw / 2, y + h / 2 - py - ph / 2) / size
+                if dist <= self.max_jump and 0.5 < ratio < 2:
+                    near.append((dist, t, f))
+        self._assign(sorted(near), ids, boxes, free_tracks, free_faces)
+
+        for t in free_tracks:
+            self.tracks[t].missed += 1
+        for f in sorted(free_faces):
+            self.tracks.append(Track(self._next_id, boxes[f]))
+            ids[f] = self._next_id
+            self._next_id += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        return [int(i) for i in ids]  # every face has its id by now
+
+    def _assign(self, pairs: Iterable[tuple[float, int, int]], ids: list, boxes: list[Box],
+                free_tracks: set[int], free_faces: set[int]) -> None:
+        for _, t, f in pairs:
+            if t in free_tracks and f in free_faces:
+                track = self.tracks[t]
+                track.follow(boxes[f])
+                ids[f] = track.id
+                free_tracks.discard(t)
+                free_faces.discard(f)
+
+
+class ScoreSmoother:
+    """Per-face exponential moving average of the class scores: s = alpha * new + (1 - alpha) * s.
+
+    `update(face_id, scores)` returns the smoothed scores for that face (the first frame of a face is its own
+    average). `alpha=1` turns smoothing off. `keep(ids)` forgets faces whose track has ended.
+    """
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA):
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self._state: dict[int, dict[str, float]] = {}
+
+    def update(self, face_id: int, scores: Mapping[str, float]) -> dict[str, float]:
+        old = self._state.get(face_id)
+        a = self.alpha
+        new = dict(scores) if old is None else {c: a * float(p) + (1 - a) * old.get(c, float(p))
+                                                for c, p in scores.items()}
+        self._state[face_id] = new
+        return dict(new)
+
+    def keep(self, ids: Iterable[int]) -> None:
+        wanted = set(ids)
+        self._state = {k: v for k, v in self._state.items() if k in wanted}
