@@ -145,6 +145,16 @@ def test_auto_finds_a_crowd_of_small_faces_on_a_large_canvas(detectors):
     assert len(detectors["auto"].detect(big)) == 8
 
 
+def test_faces_of_about_30_px_in_a_12_megapixel_photo_are_found(detectors):
+    """A phone photo of a crowd: the 1920 px pass shrinks these faces to ~14 px; the full-size pass finds them."""
+    photo = compose_faces([64] * 12, width=4000, height=3000, cols=4)  # heads of 64 px: faces of about 30
+    found = detectors["auto"].detect(photo.rgb)
+    assert len(found) == 12
+    centres = np.array([(x + w / 2, y + h / 2) for x, y, w, h in (d.box for d in found)])
+    for cx, cy in photo.centres:
+        assert np.hypot(*(centres - (cx, cy)).T).min() < 10
+
+
 def test_auto_keeps_the_cheap_path_for_a_clear_portrait(detectors, astronaut_rgb):
     import cv2
 
