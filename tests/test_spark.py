@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import click
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
@@ -66,8 +69,8 @@ def test_spark_batch_binaryfile_reader_and_cli(spark, photo_set, photo_set_batch
 
     result = CliRunner().invoke(main, ["spark-batch", str(photo_set), str(tmp_path / "out"),
                                        "--read-with", "binaryFile", "--partitions", "3", "--limit", "120"])
-    assert result.exit_code == 0, result.output
-    assert "120 images" in result.output and "ms per image in tasks" in result.output
+    assert result.exit_code == 1, result.output  # two broken images, as `moodlens batch` says
+    assert "120 images" in result.output and "2 errors" in result.output and "ms per image in tasks" in result.output
     assert spark.sparkContext._jsc is not None, "the command must not stop a session it did not start"
     # Spark's file scan skips zero-byte files: the empty image gets no row with binaryFile (it does with fsspec)
     first = set(sorted({r["path"] for r in photo_set_batch.to_pylist()} - {str(photo_set / "broken/empty.png")})[:120])
@@ -88,6 +91,58 @@ def test_spark_batch_s3_to_s3(spark, photo_set, photo_set_batch, s3_env):
     assert names == ["_SUCCESS"] + [f"part-{i:05d}.parquet" for i in range(5)]  # one part per partition
     out = ds.dataset(f"{bucket}/out", format="parquet", filesystem=fs, exclude_invalid_files=True).to_table()
     assert_same_rows(out, photo_set_batch, strip_a=src + "/", strip_b=str(photo_set) + "/")
+
+
+def _kill_when(args: list[str], ready, settle: float) -> None:
+    """Run `python -m moodlens ARGS` in its own session (driver, JVM, Python workers) and SIGKILL all of it
+    `settle` seconds after `ready()` is true."""
+    proc = subprocess.Popen([sys.executable, "-m", "moodlens", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.05)
+        time.sleep(settle)
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()[-3000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+@pytest.mark.parametrize("write_with", ["spark", "fsspec"])
+def test_killed_rerun_keeps_the_previous_output(spark, photo_set, tmp_path, write_with):
+    """Issue 13 item 6: a rerun deleted DEST first, so killing it left a folder that read as 0 rows, no error.
+    Now it writes DEST.incomplete and swaps it in at the end."""
+    from s3_server import assert_same_rows
+
+    dest, staging = tmp_path / "out", tmp_path / "out.incomplete"
+    args = ["spark-batch", str(photo_set / "people"), str(dest), "--write-with", write_with]
+    result = CliRunner().invoke(main, [*args, "--limit", "12", "--partitions", "4"])
+    assert result.exit_code == 0, result.output  # no image failed
+    before = _read(dest)
+    assert before.num_rows >= 12
+    # all 216 photos on one core, killed while its tasks run (the old code had deleted DEST by then); small
+    # partitions, as fsspec's DEST.incomplete appears with the first finished one
+    rerun_started = lambda: staging.exists() or not (dest / "_SUCCESS").exists()  # noqa: E731
+    _kill_when([*args, "--master", "local[1]", "--partitions", "24"], rerun_started,
+               settle=1.0 if write_with == "spark" else 0.2)
+    assert (dest / "_SUCCESS").exists()
+    assert_same_rows(_read(dest), before)
+
+    result = CliRunner().invoke(main, [*args, "--limit", "12", "--partitions", "4"])
+    assert result.exit_code == 0, result.output
+    assert_same_rows(_read(dest), before)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or previous output left
+
+
+def test_staging_path_is_a_sibling_and_never_another_bucket(tmp_path):
+    from moodlens.jobs.spark import staging_path
+
+    assert staging_path("s3://bucket/out/") == "s3://bucket/out.incomplete"
+    assert staging_path(str(tmp_path / "out")) == str(tmp_path / "out.incomplete")
+    for root in ("s3://bucket", "s3://bucket/", "hdfs://namenode:8020/", "/"):
+        with pytest.raises(click.BadParameter, match="root"):
+            staging_path(root)
 
 
 def _labelled_tree(root, photo_set):
@@ -154,7 +209,7 @@ def test_spark_submit_runs_the_module(photo_set, tmp_path):
     proc = subprocess.run([spark_submit, "--master", "local[1]", "--conf", "spark.ui.enabled=false", module,
                            "batch", str(photo_set / "broken"), str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # every image failed
     # spark-submit merges the Python driver's stderr into its stdout
     assert "3 images, 0 faces, 3 errors" in proc.stdout
     assert _read(tmp_path / "out").num_rows == 3

@@ -82,6 +82,41 @@ def test_s3_roundtrip_listing_and_prefix_isolation(s3_env):
     assert storage.list_images(f"s3://{bucket}/photos-other") == [f"s3://{bucket}/photos-other/x.jpg"]
 
 
+def test_s3_objects_written_by_another_process_after_a_listing_are_seen(s3_env):
+    """The root cause of issue 13 item 5: s3fs answered from its listing cache of a prefix, so a part a pool
+    worker wrote after the parent listed the parts read as FileNotFoundError (and did not exist)."""
+    bucket = s3_env.new_bucket()
+    parts = f"s3://{bucket}/out.parquet.parts"
+    storage.write_bytes(f"{parts}/part-a.parquet", b"a")
+    assert storage.list_keys(parts) == ["part-a.parquet"]  # the parent lists the finished parts
+    s3_env.filesystem().pipe_file(f"{bucket}/out.parquet.parts/part-b.parquet", b"b")  # another client writes
+    assert storage.read_bytes(f"{parts}/part-b.parquet") == b"b"  # read first, as batch does
+    assert storage.exists(f"{parts}/part-b.parquet")
+    assert storage.list_keys(parts) == ["part-a.parquet", "part-b.parquet"]
+
+
+def _tree(root: str) -> dict[str, bytes]:
+    return {k: storage.read_bytes(storage.join(root, k)) for k in storage.list_keys(root)}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_replace_tree_swaps_a_finished_output_in(where, tmp_path, request):
+    base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_env').new_bucket()}"
+    dest, new = f"{base}/out", f"{base}/out.incomplete"
+    for key, data in {"part-0.parquet": b"old0", "part-1.parquet": b"old1", "_SUCCESS": b""}.items():
+        storage.write_bytes(storage.join(dest, key), data)
+    for key, data in {"part-0.parquet": b"new0", "sub/part-2.parquet": b"new2", "_SUCCESS": b""}.items():
+        storage.write_bytes(storage.join(new, key), data)
+    storage.replace_tree(new, dest)
+    assert _tree(dest) == {"_SUCCESS": b"", "part-0.parquet": b"new0", "sub/part-2.parquet": b"new2"}
+    assert _tree(new) == {} and not storage.exists(f"{base}/out.previous")
+    storage.write_bytes(storage.join(new, "part-9.parquet"), b"9")
+    storage.replace_tree(new, f"{base}/fresh")  # nothing there before
+    assert _tree(f"{base}/fresh") == {"part-9.parquet": b"9"}
+    with pytest.raises(storage.StorageError, match="holds nothing"):
+        storage.replace_tree(f"{base}/nothing", dest)
+
+
 def test_missing_bucket_is_a_clear_error(s3_env):
     with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' not found"):
         storage.list_images("s3://no-such-bucket/photos")

@@ -114,7 +114,8 @@ def _task_storage_error(message: str) -> str | None:
     return None
 
 
-def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Callable[[object], SparkSummary]):
+def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Callable[[object], SparkSummary],
+                  ) -> SparkSummary:
     from pyspark.sql import SparkSession
 
     had_session = SparkSession.getActiveSession() is not None
@@ -137,6 +138,7 @@ def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Call
     per_image = f", {1000 * s.task_seconds / s.images:.1f} ms per image in tasks" if s.images else ""
     click.echo(f"{s.images} images, {s.faces} faces, {s.errors} errors -> {s.dest} "
                f"({s.seconds:.1f} s, {s.images_per_second:.1f} images/s{per_image})", err=True)
+    return s
 
 
 @click.command("spark-batch")
@@ -145,15 +147,19 @@ def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Call
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
 @click.option("--model", "model_path", default=None, help="A .tflite expression model instead of the shipped one.")
 @_spark_options
-def spark_batch_command(src, dest, classes, model_path, master, partitions, read_with, write_with, limit, conf,
+@click.pass_context
+def spark_batch_command(ctx, src, dest, classes, model_path, master, partitions, read_with, write_with, limit, conf,
                         s3_endpoint) -> None:
     """`moodlens batch` on Apache Spark: images under SRC -> Parquet folder DEST, one row per face.
 
     SRC: a folder, S3 prefix or .txt list; DEST: a local folder, s3:// (written via fsspec), s3a:// or hdfs://.
+    DEST is replaced only once the new output is complete (it is written to DEST.incomplete first). The exit
+    status is 1 when any image failed (its row carries the error), as for `moodlens batch`.
     """
-    _with_session(master, conf, "moodlens-batch", lambda spark: run_spark_batch(
+    s = _with_session(master, conf, "moodlens-batch", lambda spark: run_spark_batch(
         spark, src, dest, classes=classes, model_path=model_path, partitions=partitions, read_with=read_with,
         write_with=write_with, limit=limit, endpoint=s3_endpoint))
+    ctx.exit(1 if s.errors else 0)
 
 
 @click.command("spark-prepare")

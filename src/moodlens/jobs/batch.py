@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,55 @@ def _init_worker(classes: str, model_path: str | None, endpoint: str | None, qui
         _WORKER.update(analyzer=make_analyzer(classes, model_path), endpoint=endpoint)
 
 
+def _init_pool_worker(parent_pid: int, *args) -> None:
+    """Pool initializer: tie this process's life to the batch parent's, then `_init_worker(*args)`."""
+    _die_with_parent(parent_pid)
+    _init_worker(*args)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when `parent_pid` (its parent) ends, however it ends.
+
+    Without this a `kill -9` of the parent leaves the workers running for ever: they wait on a call queue
+    whose pipe they hold both ends of, so they never see EOF, and they keep multiprocessing's resource tracker
+    alive too (it exits once the last holder of its pipe has gone).
+    """
+    if sys.platform.startswith("linux"):
+        _set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed: nothing would send it
+        os._exit(1)
+    _start_parent_watchdog(parent_pid)
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG).
+
+    The kernel sends it when the parent *thread* that started the process exits: ProcessPoolExecutor starts
+    workers from the thread that calls `submit`, run_batch's thread, which outlives the pool.
+    """
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    try:
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no libc or no prctl symbol in it: the watchdog still ends the worker
+        pass
+
+
+def _start_parent_watchdog(parent_pid: int, interval: float = 1.0) -> threading.Thread:
+    """A daemon thread that exits the process once it is no longer `parent_pid`'s child: the portable
+    fallback for PR_SET_PDEATHSIG (macOS, BSD), polling because there is no portable notification."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)  # no cleanup to wait for: a part is either written whole or not at all
+
+    thread = threading.Thread(target=watch, name="moodlens-parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def _run_chunk(paths: list[str], part_url: str) -> tuple[int, float]:
     """Analyze one chunk and write its part atomically. Returns (images, seconds spent reading + analyzing)."""
     analyzer, endpoint = _WORKER["analyzer"], _WORKER["endpoint"]
@@ -306,7 +356,8 @@ def run_batch(
 
             # spawn, not fork: the parent may already run fsspec's event-loop thread, which fork would break
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(classes, model_path, endpoint, quiet)) as pool:
+                                     initializer=_init_pool_worker,
+                                     initargs=(os.getpid(), classes, model_path, endpoint, quiet)) as pool:
                 pending = {pool.submit(_run_chunk, chunk, url) for chunk, url in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_EXCEPTION)

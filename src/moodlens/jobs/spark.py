@@ -7,7 +7,8 @@ has no S3 connector. On a cluster with hadoop-aws, `--read-with binaryFile` lets
 
 Output is Parquet with the same schema as `moodlens batch` (a folder of part files). `s3://` destinations are
 written by the tasks through fsspec (one atomic PUT per partition); anything else (local, hdfs://, s3a://)
-by Spark's own writer.
+by Spark's own writer. Either way the run writes DEST.incomplete and replaces DEST with it only once it is
+complete, so a killed or failed rerun leaves the previous output as it was.
 
 Also runnable without the moodlens CLI:  spark-submit src/moodlens/cli/jobs.py batch|prepare SRC DEST [OPTIONS]
 (then --master defaults to spark-submit's own).
@@ -236,6 +237,34 @@ def _paths_frame(spark, src: str, read_with: str, partitions: int, limit: int | 
     return spark.createDataFrame(spark.sparkContext.parallelize(data, n), schema)
 
 
+def staging_path(dest: str) -> str:
+    """Where a run writes before its output replaces DEST: the sibling DEST.incomplete. Not inside DEST, which
+    keeps the previous output whole until the new one is complete."""
+    if storage.is_url(dest) and "/" not in dest.rstrip("/").split("://", 1)[1]:
+        raise click.BadParameter(f"{dest}: a bucket or file-system root; write to a folder under it",
+                                 param_hint="DEST")
+    root = dest.rstrip("/") if storage.is_url(dest) else storage.local_path(dest)
+    if root in ("", os.sep):
+        raise click.BadParameter(f"{dest}: the root folder; write to a folder under it", param_hint="DEST")
+    return root + ".incomplete"
+
+
+def _swap_in(spark, staging: str, dest: str) -> None:
+    """Move Spark's finished output `staging` to `dest` through Hadoop's FileSystem (local, hdfs://, s3a://):
+    dest -> dest.previous, staging -> dest, then the previous output is deleted. The renames are atomic on a
+    local disk and HDFS; on s3a they are copies."""
+    jvm, conf = spark._jvm, spark._jsc.hadoopConfiguration()
+    target, new = jvm.org.apache.hadoop.fs.Path(dest), jvm.org.apache.hadoop.fs.Path(staging)
+    previous = jvm.org.apache.hadoop.fs.Path(dest.rstrip("/") + ".previous")
+    fs = target.getFileSystem(conf)
+    fs.delete(previous, True)  # left by a run killed between the two renames
+    if fs.exists(target) and not fs.rename(target, previous):
+        raise OSError(f"could not move the previous output {dest} aside")
+    if not fs.rename(new, target):
+        raise OSError(f"could not move {staging} to {dest}")
+    fs.delete(previous, True)
+
+
 def _run(spark, df, rows_for: Callable, arrow_schema, dest: str, write_with: str, endpoint: str | None,
          ) -> SparkSummary:
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -243,15 +272,19 @@ def _run(spark, df, rows_for: Callable, arrow_schema, dest: str, write_with: str
     t0 = time.perf_counter()
     counters = _Counters.create(spark.sparkContext)
     writer = _writer_for(dest, write_with)
+    staging = staging_path(dest)
     body = functools.partial(_map_batches, rows_for=rows_for, schema=arrow_schema, counters=counters,
-                             write_to=dest if writer == "fsspec" else None, endpoint=endpoint)
+                             write_to=staging if writer == "fsspec" else None, endpoint=endpoint)
+    # A killed or failed run leaves DEST as it was: the output is written beside it and swapped in at the end.
     if writer == "fsspec":
-        storage.remove_tree(dest, endpoint)  # overwrite, as Spark's writer does
+        storage.remove_tree(staging, endpoint)  # a killed run's partial output
         df.mapInPandas(body, "rows long").collect()
-        storage.write_bytes(storage.join(dest, "_SUCCESS"), b"", endpoint)
+        storage.write_bytes(storage.join(staging, "_SUCCESS"), b"", endpoint)
+        storage.replace_tree(staging, dest, endpoint)
     else:
         out = df.mapInPandas(body, from_arrow_schema(arrow_schema))
-        out.write.mode("overwrite").parquet(_hadoop_path(dest))
+        out.write.mode("overwrite").parquet(_hadoop_path(staging))
+        _swap_in(spark, _hadoop_path(staging), _hadoop_path(dest))
     return SparkSummary(images=counters.images.value, rows=counters.rows.value, faces=counters.faces.value,
                         errors=counters.errors.value, seconds=time.perf_counter() - t0,
                         task_seconds=counters.seconds.value, dest=dest)

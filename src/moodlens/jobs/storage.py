@@ -64,7 +64,10 @@ def _filesystem(url: str, endpoint: str | None = None):
     import fsspec
 
     protocol = url.split("://", 1)[0]
-    options: dict = {}
+    # No listing cache: other processes (pool workers, Spark tasks) write parts under the prefixes listed
+    # here, and s3fs answers `info`/`cat_file` from a cached listing of the folder ("not in it: FileNotFoundError")
+    # instead of asking the store: a resumed `batch` with 2+ workers failed on the first part a worker wrote.
+    options: dict = {"use_listings_cache": False}
     if protocol in ("s3", "s3a"):
         # botocore's own retries are off: `_retry` below does them, with backoff and a clear final error
         options["config_kwargs"] = {"retries": {"total_max_attempts": 1}, "connect_timeout": 5, "read_timeout": 60}
@@ -175,7 +178,6 @@ def list_keys(root: str, suffixes: Iterable[str] | None = None, endpoint: str | 
     else:
         fs, path = _filesystem(root, endpoint)
         path = path.rstrip("/")
-        fs.invalidate_cache(path)
         try:
             found = _retry(lambda: fs.find(path), f"listing {root}", endpoint)
         except FileNotFoundError as exc:  # a missing prefix lists as empty; only a missing bucket raises
@@ -235,7 +237,6 @@ def write_bytes(url: str, data: bytes, endpoint: str | None = None) -> None:
         _retry(lambda: fs.pipe_file(path, data), f"writing {url}", endpoint)
     except FileNotFoundError as exc:  # s3fs says only "None" when the bucket is missing
         raise StorageError(f"writing {url}: bucket {path.split('/', 1)[0]!r} not found ({exc!r})") from exc
-    fs.invalidate_cache(posixpath.dirname(path))
 
 
 def exists(url: str, endpoint: str | None = None) -> bool:
@@ -243,7 +244,6 @@ def exists(url: str, endpoint: str | None = None) -> bool:
     if not is_url(url):
         return os.path.exists(local_path(url))
     fs, path = _filesystem(url, endpoint)
-    fs.invalidate_cache(path)
     return _retry(lambda: fs.exists(path), f"checking {url}", endpoint)
 
 
@@ -264,7 +264,42 @@ def remove_tree(url: str, endpoint: str | None = None) -> None:
         found = [path]
     if found:
         _retry(lambda: fs.rm(found), f"deleting {url}", endpoint)
-    fs.invalidate_cache(path)
+
+
+def replace_tree(new: str, dest: str, endpoint: str | None = None) -> None:
+    """Put the finished output folder/prefix `new` where `dest` is, replacing whatever `dest` held.
+
+    Locally two renames (dest -> dest.previous, new -> dest), then the previous output is deleted. An object
+    store has no rename: dest's objects are deleted, new's copied there (`_SUCCESS` last, so a reader that
+    checks for it never takes a half-copied output for a whole one) and then deleted.
+    """
+    if not is_url(dest):
+        if not os.path.isdir(local_path(new)):
+            raise StorageError(f"replacing {dest}: {new} holds nothing")
+        _replace_local(local_path(new), local_path(dest))
+        return
+    fs, dest_path = _filesystem(dest, endpoint)
+    new_path = _filesystem(new, endpoint)[1].rstrip("/")
+    keys = list_keys(new, None, endpoint)
+    if not keys:  # refused: deleting DEST for nothing is what this is here to prevent
+        raise StorageError(f"replacing {dest}: {new} holds nothing")
+    remove_tree(dest, endpoint)
+    markers = [k for k in keys if k.rsplit("/", 1)[-1] == "_SUCCESS"]
+    for group in ([k for k in keys if k not in markers], markers):
+        sources = [f"{new_path}/{k}" for k in group]
+        targets = [f"{dest_path.rstrip('/')}/{k}" for k in group]
+        if group:  # server-side copies: the bytes do not pass through here
+            _retry(lambda s=sources, t=targets: fs.copy(s, t), f"copying {new} to {dest}", endpoint)
+    remove_tree(new, endpoint)
+
+
+def _replace_local(new: str, dest: str) -> None:
+    previous = dest.rstrip(os.sep) + ".previous"
+    remove_tree(previous)  # left by a run killed between the two renames below
+    if os.path.lexists(dest):
+        os.rename(dest, previous)
+    os.rename(new, dest)
+    remove_tree(previous)
 
 
 def _local_entry(base: str, entry: str) -> str:
