@@ -30,7 +30,7 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
               help="Worker processes.  [default: one per CPU, at most 4]")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Threads per worker (more than 1: gthread workers).")
+              help="Threads per worker; they only ever see whole requests (moodlens.web.serve.BufferingWorker).")
 @click.option("--classes", type=click.Choice(CLASS_SETS), default="4", show_default=True,
               help="Class set used when a request does not choose one.")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -54,7 +54,7 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--timeout", type=click.IntRange(5), default=60, show_default=True,
               help="Seconds a worker may spend on one request before it is restarted.")
 @click.option("--body-timeout", type=click.FloatRange(0), default=60, show_default=True,
-              help="Seconds a request body may take to arrive; slower clients get 408 (0: no limit).")
+              help="Seconds a whole request body may take to arrive; slower clients get 408 (0: no limit).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
