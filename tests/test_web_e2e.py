@@ -458,8 +458,12 @@ def test_webcam_preview_is_mirrored_and_quiet(server, browser):
     # The fake camera films the astronaut letterboxed into 640x480, face left of the middle; mirrored, right of it.
     x, _, w, _ = ASTRONAUT_FACE
     seen = (80 + (x + w / 2) * 480 / 512) / 640
-    centre = page.locator("#cam-overlay .face-box").first.evaluate(
-        "b => (b.offsetLeft + b.offsetWidth / 2) / b.parentElement.offsetWidth")
+    # found and measured in one script run: the page redraws the boxes on every frame, so a box found by one call
+    # may be gone by the next
+    centre = page.wait_for_function("""() => {
+        const b = document.querySelector('#cam-overlay .face-box');
+        return b && (b.offsetLeft + b.offsetWidth / 2) / b.parentElement.offsetWidth;
+    }""", timeout=20_000).json_value()
     assert centre == pytest.approx(1 - seen, abs=0.05) and centre > 0.5
     # frames keep coming, but the live region is not told about each one
     page.evaluate("""() => { window.__said = 0; new MutationObserver(() => window.__said++).observe(
