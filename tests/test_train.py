@@ -193,12 +193,12 @@ def test_a_shipped_model_is_recovered_as_a_trainable_network_giving_the_same_sco
     """The .tflite file's int8 weights, folded batch norms and calibration are undone into a Keras network."""
     from scipy.special import softmax
 
-    from moodlens.training.recover import classifier_from_tflite
+    from moodlens.training.recover import calibration_of, classifier_from_tflite
 
     faces = synthetic_faces(np.arange(64) % 7)
     model = classifier_from_tflite(SHIPPED_SEVEN, faces)
-    temperature = json.loads(SHIPPED_SEVEN.with_suffix(".json").read_text())["temperature"]
-    ours = softmax(model.predict(faces[..., None].astype(np.float32), verbose=0) / temperature, axis=1)
+    scale, bias = calibration_of(json.loads(SHIPPED_SEVEN.with_suffix(".json").read_text()))
+    ours = softmax(model.predict(faces[..., None].astype(np.float32), verbose=0) * scale + bias, axis=1)
     shipped = ExpressionClassifier(SHIPPED_SEVEN, num_threads=1).predict(faces)
     assert float(np.abs(ours - shipped).max()) < 0.03  # the file runs int8 kernels; the recovered net float32
     # batch statistics of the same faces reproduce the folded normalisation in training mode as well

@@ -36,8 +36,8 @@ def init_source(path: str) -> str:
     card = Path(path).with_suffix(".json")
     if path.endswith(".tflite") and card.exists():
         before = json.loads(card.read_text()).get("training", {}).get("description", "")
-        return (f"the shipped {Path(path).name} (its int8 weights recovered into Keras; that model: "
-                f"{before.rstrip('.')})")
+        before = before[:1].lower() + before[1:].rstrip(".")
+        return f"the shipped {Path(path).name} (its int8 weights recovered into Keras; that model was {before})"
     return f"{Path(path).name} (a run with its own config.json beside it)"
 
 
