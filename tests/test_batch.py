@@ -166,21 +166,28 @@ def test_s3_resume_after_sigkill_with_two_workers(photo_set, photo_set_batch, s3
     bucket = s3_env.new_bucket()
     src = upload_tree(s3_env, photo_set, bucket, "in/photos")
     dest = f"s3://{bucket}/out/photos.parquet"
-    # 2 workers: the default on the 2-core test box, and what the bug needs
-    args = ["batch", src, dest, "--workers", "2", "--chunk-size", "8", "--limit", "96", "--no-progress"]
-    _run_and_kill(args, lambda: len(_s3_parts(s3_env, parts_dir(dest))) >= 3)
+    # 2 workers: the default on the 2-core test box, and what the bug needs. 30 parts and one polling client, so
+    # the kill lands well before the last part even on a loaded machine (2 warm workers write ~8 parts a second)
+    args = ["batch", src, dest, "--workers", "2", "--chunk-size", "8", "--limit", "240", "--no-progress"]
+    poll = s3_env.filesystem()
+
+    def parts_written() -> int:
+        poll.invalidate_cache()
+        return len([k for k in poll.find(parts_dir(dest).removeprefix("s3://")) if k.endswith(".parquet")])
+
+    _run_and_kill(args, lambda: parts_written() >= 3)
     done = len(_s3_parts(s3_env, parts_dir(dest)))
-    assert 3 <= done < 12 and not s3_env.filesystem().exists(dest.removeprefix("s3://"))
+    assert 3 <= done < 30 and not s3_env.filesystem().exists(dest.removeprefix("s3://"))
 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output  # exit 1 for the 3 broken images, not a FileNotFoundError
-    assert "96 images" in result.output and "3 errors" in result.output
-    assert f"resuming: {done} of 12 parts already done" in result.output
-    first96 = storage.list_images(src)[:96]
-    local96 = storage.list_images(str(photo_set))[:96]
-    expected = photo_set_batch.filter(pc.is_in(photo_set_batch.column("path"), value_set=pa.array(local96)))
+    assert "240 images" in result.output and "3 errors" in result.output
+    assert f"resuming: {done} of 30 parts already done" in result.output
+    first = storage.list_images(src)[:240]
+    local = storage.list_images(str(photo_set))[:240]
+    expected = photo_set_batch.filter(pc.is_in(photo_set_batch.column("path"), value_set=pa.array(local)))
     table = pq.read_table(s3_env.filesystem().open(dest.removeprefix("s3://")))
-    _assert_first_images_once(table, expected, first96, strip_a=src + "/", strip_b=str(photo_set) + "/")
+    _assert_first_images_once(table, expected, first, strip_a=src + "/", strip_b=str(photo_set) + "/")
     assert _s3_parts(s3_env, parts_dir(dest)) == []
 
 
@@ -271,3 +278,20 @@ def test_parent_watchdog_ends_a_worker_whose_parent_died():
     finally:
         if _alive({pid}):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_rows_carry_uncertain_and_quality_and_the_table_names_its_model(astronaut_jpeg_bytes, tmp_path):
+    from moodlens import __version__
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "astronaut.jpg").write_bytes(astronaut_jpeg_bytes)
+    result = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), str(tmp_path / "out.parquet"), "--workers", "1",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "out.parquet")
+    (row,) = table.to_pylist()
+    assert row["quality"] == "ok" and row["uncertain"] is (max(row[f"p_{c}"] for c in
+                                                               ("angry", "happy", "neutral", "sad")) < 0.5)
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert meta["moodlens_version"] == __version__ and meta["model"] == "moodlens expression-4"
+    assert meta["classes"] == "angry,happy,neutral,sad"

@@ -1,6 +1,7 @@
 """`moodlens batch SRC DEST`: analyze every image under a folder, S3 prefix or list file into one table.
 
-One row per face (path, face_index, box, detector score, expression, p_<class> per class, error); an image
+One row per face (path, face_index, box, detector score, expression, uncertain, quality, p_<class> per class,
+error); an image
 with no face, or one that fails, still gets one row with face_index null. The sorted input list is cut into
 chunks of `--chunk-size` images; each chunk's rows are written atomically to DEST.parts/part-<hash>.parquet,
 the hash covering the chunk's paths and the settings. A rerun after a crash or kill skips finished parts,
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -33,7 +35,7 @@ DEFAULT_CHUNK_SIZE = 64
 FORMATS = ("parquet", "csv", "jsonl")
 _SUFFIX_FORMAT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                   ".json": "jsonl"}
-FACE_COLUMNS = ("box_x", "box_y", "box_w", "box_h", "score", "expression")
+FACE_COLUMNS = ("box_x", "box_y", "box_w", "box_h", "score", "expression", "uncertain", "quality")
 
 
 # ---------------------------------------------------------------------------------------------- rows / schema
@@ -51,7 +53,7 @@ def output_schema(classes: Sequence[str]):
     return pa.schema(
         [("path", pa.string()), ("face_index", pa.int32())]
         + [(c, pa.float64()) for c in ("box_x", "box_y", "box_w", "box_h", "score")]
-        + [("expression", pa.string())]
+        + [("expression", pa.string()), ("uncertain", pa.bool_()), ("quality", pa.string())]
         + [(f"p_{c}", pa.float64()) for c in classes]
         + [("error", pa.string())]
     )
@@ -81,6 +83,7 @@ def analyze_one(analyzer, path: str, data: bytes | None = None, endpoint: str | 
     return [
         {"path": path, "face_index": i, "box_x": float(f.box.x), "box_y": float(f.box.y),
          "box_w": float(f.box.w), "box_h": float(f.box.h), "score": float(f.score), "expression": f.expression,
+         "uncertain": bool(f.uncertain), "quality": f.quality,
          **{f"p_{c}": float(f.scores[c]) if c in f.scores else None for c in classes}, "error": None}
         for i, f in enumerate(result.faces)
     ]
@@ -96,6 +99,16 @@ def rows_to_table(rows: list[dict], classes: Sequence[str]):
     import pyarrow as pa
 
     return pa.Table.from_pylist(rows, schema=output_schema(classes))
+
+
+def output_metadata(classes: str = "4", model_path: str | None = None) -> dict[str, str]:
+    """Parquet key-value metadata of a batch table: which moodlens and which model wrote its rows."""
+    from moodlens import __version__
+    from moodlens.engine.classify import ExpressionClassifier
+
+    clf = ExpressionClassifier(model_path, classes=classes)
+    return {"moodlens_version": __version__, "model": str(clf.card.get("name") or Path(clf.path).name),
+            "classes": ",".join(clf.classes)}
 
 
 def model_classes(classes: str = "4", model_path: str | None = None) -> tuple[str, ...]:
@@ -329,7 +342,9 @@ def run_batch(
     paths = list_inputs(src, endpoint, limit)
     if storage.local_path(dest) in {storage.local_path(p) for p in paths if not storage.is_url(p)}:
         raise click.BadParameter(f"{dest} is one of the inputs: write the table somewhere else", param_hint="DEST")
-    settings = {"classes": str(classes), "model": str(model_path or "")}
+    # the columns too: a part written with another schema is redone, not concatenated
+    settings = {"classes": str(classes), "model": str(model_path or ""),
+                "columns": output_columns(model_classes(classes, model_path))}
     chunks = chunk_paths(paths, chunk_size)
     parts = parts_dir(dest)
     names = [chunk_name(c, settings) for c in chunks]
@@ -374,6 +389,7 @@ def run_batch(
 
     tables = [read_parquet(storage.join(parts, n), endpoint) for n in names]
     table = pa.concat_tables(tables) if tables else rows_to_table([], model_classes(classes, model_path))
+    table = table.replace_schema_metadata(output_metadata(classes, model_path))
     storage.write_bytes(dest, table_bytes(table, fmt), endpoint)
     if not keep_parts:
         storage.remove_tree(parts, endpoint)

@@ -113,7 +113,7 @@ def _to_pandas(table):
     import pandas as pd
     import pyarrow as pa
 
-    return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+    return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
 
 
 def _part_name() -> str:
