@@ -126,7 +126,7 @@ def test_video_timeline_and_plot(video, tmp_path):
     assert record["timeline_csv"] == str(timeline) and str(plot) in result.stderr
     rows = list(csv.DictReader(timeline.open()))
     assert list(rows[0]) == ["frame", "time_s", "face_id", "face_index", "box_x", "box_y", "box_w", "box_h",
-                             "expression", *(f"p_{c}" for c in CLASSES)]
+                             "score", "expression", "uncertain", "quality", *(f"p_{c}" for c in CLASSES)]
     assert [r["frame"] for r in rows] == ["0", "3", "6", "9"]
     assert [float(r["time_s"]) for r in rows] == pytest.approx([0, 0.3, 0.6, 0.9])
     assert all(r["face_id"] == "1" and r["face_index"] == "0" and r["expression"] in CLASSES for r in rows)

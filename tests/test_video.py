@@ -151,7 +151,7 @@ def test_csv_has_face_id_and_face_index(crossing_timeline):
 
     rows = list(csv.DictReader(io.StringIO(timeline_csv(crossing_timeline).decode())))
     assert list(rows[0]) == ["frame", "time_s", "face_id", "face_index", "box_x", "box_y", "box_w", "box_h",
-                             "expression", *(f"p_{c}" for c in CLASSES)]
+                             "score", "expression", "uncertain", "quality", *(f"p_{c}" for c in CLASSES)]
     assert {r["face_id"] for r in rows} == {"1", "2"} and {r["face_index"] for r in rows} == {"0", "1"}
 
 

@@ -49,8 +49,8 @@ class Timeline:
 
     @property
     def columns(self) -> list[str]:
-        return ["frame", "time_s", "face_id", "face_index", *BOX_COLUMNS, "expression",
-                *(f"p_{c}" for c in self.classes)]
+        return ["frame", "time_s", "face_id", "face_index", *BOX_COLUMNS, "score", "expression", "uncertain",
+                "quality", *(f"p_{c}" for c in self.classes)]
 
     @property
     def faces_seen(self) -> dict[int, int]:
@@ -142,9 +142,11 @@ def _frame_rows(faces: list, index: int, fps: float, classes: tuple[str, ...]) -
     t = round(index / fps, 3) if fps > 0 else None
     if not faces:
         return [{"frame": index, "time_s": t, "face_id": None, "face_index": None, **dict.fromkeys(BOX_COLUMNS),
-                 "expression": None, **{f"p_{c}": None for c in classes}}]
+                 "score": None, "expression": None, "uncertain": None, "quality": None,
+                 **{f"p_{c}": None for c in classes}}]
     return [{"frame": index, "time_s": t, "face_id": face_id, "face_index": i,
-             **dict(zip(BOX_COLUMNS, f.box.as_list(), strict=True)), "expression": f.expression,
+             **dict(zip(BOX_COLUMNS, f.box.as_list(), strict=True)), "score": round(f.score, 4),
+             "expression": f.expression, "uncertain": f.uncertain, "quality": f.quality,
              **{f"p_{c}": round(f.scores[c], 4) for c in classes}} for face_id, i, f in faces]
 
 
