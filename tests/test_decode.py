@@ -30,7 +30,8 @@ def small(astronaut_rgb) -> np.ndarray:
 
 @pytest.mark.parametrize(("fmt", "params", "tolerance"), [
     ("JPEG", {}, 6), ("PNG", {}, 0), ("WEBP", {"lossless": True}, 0), ("WEBP", {"quality": 90}, 8),
-    ("BMP", {}, 0), ("GIF", {}, 20), ("HEIF", {"quality": 90}, 10),
+    ("BMP", {}, 0), ("GIF", {}, 20), ("HEIF", {"quality": 90}, 10), ("TIFF", {}, 0),
+    ("TIFF", {"compression": "tiff_lzw"}, 0), ("AVIF", {"quality": 90}, 10),
 ])
 def test_round_trip(small, fmt, params, tolerance):
     if fmt == "HEIF":
@@ -111,6 +112,31 @@ def test_gif_first_frame():
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
     out = decode_image(buf.getvalue())
     assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+def test_multi_page_tiff_gives_its_first_page():
+    pages = [Image.new("RGB", (40, 30), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    out = decode_image(buf.getvalue())
+    assert out.shape == (30, 40, 3) and out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+def test_tiff_declaring_too_many_pixels_is_refused_before_decoding():
+    header = Image.new("L", (16, 16))
+    buf = io.BytesIO()
+    header.save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    # patch the ImageWidth and ImageLength tags (LONG or SHORT) to 60000 x 60000
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    for i in range(count):
+        tag, kind = struct.unpack_from("<HH", data, ifd + 2 + 12 * i)
+        if tag in (256, 257):
+            struct.pack_into("<HHII", data, ifd + 2 + 12 * i, tag, 4, 1, 60_000)
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(bytes(data))
+    assert info.value.status == 413
 
 
 def test_arrays():

@@ -1,8 +1,8 @@
 """decode stage: bytes, a file path or an array -> RGB uint8 (H, W, 3), upright, with every failure typed.
 
-Formats: JPEG, PNG, WebP, BMP, GIF (first frame), HEIC/HEIF (pi-heif). Limits are checked as early as
-possible: the byte count before anything is parsed, the pixel count from the header before pixels are decoded.
-Nothing is ever written to disk.
+Formats: JPEG, PNG, WebP, BMP, GIF (first frame), TIFF (first page), AVIF, HEIC/HEIF (pi-heif). Limits are
+checked as early as possible: the byte count before anything is parsed, the pixel count from the header before
+pixels are decoded. Nothing is ever written to disk.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < 2:
 
 MAX_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif"}  # what folders are scanned for
+# what folders are scanned for
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 # Decoding work a file may ask for beyond its pixels. A progressive photo has about 10 scans (a few more with an
 # EXIF thumbnail); a crafted 94 kB JPEG repeating its last scan 1,000 times decoded for 24 s at 40 Mpx. PNG
 # encoders write a handful of metadata chunks and image data in chunks of 8 kB or more; 1.3 M empty chunks
@@ -50,7 +51,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".h
 MAX_JPEG_SCANS = 100
 MAX_PNG_SMALL_CHUNKS = 1000  # metadata chunks plus image-data chunks under 256 bytes
 MIN_SIDE = 16  # smaller than this cannot hold a face the detector can find
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF")  # only these parsers ever see untrusted bytes
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "AVIF", "HEIF")  # only these parsers ever see untrusted bytes
 
 # bytes, a path, an RGB(A)/grey array, a PIL image, or a binary file object (anything with .read())
 ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray | Image.Image | typing.BinaryIO
@@ -164,7 +165,7 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
         raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
     except (UnidentifiedImageError, ValueError, TypeError) as exc:
         raise NotAnImageError("the data is not an image in a supported format "
-                              "(JPEG, PNG, WebP, BMP, GIF, HEIC)") from exc
+                              "(JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF, HEIC)") from exc
     except (OSError, SyntaxError, EOFError, RuntimeError) as exc:  # a known format whose header is broken
         # (RuntimeError: libheif's errors, through pi-heif; their messages end with a newline)
         raise TruncatedImageError(f"the image header is corrupt ({' '.join(str(exc).split())})") from exc
