@@ -176,7 +176,7 @@ def image_cases() -> tuple[ImageCase, ...]:
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="4000" height="4000"><rect width="9" height="9"/></svg>'
     elf = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 200
     heic_junk = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256))
-    tiff = save(Image.fromarray(rgb[:32, :32]), "TIFF")
+    ppm = save(Image.fromarray(rgb[:32, :32]), "PPM")
     bad_crc = bytearray(png)
     bad_crc[29:33] = b"\x00\x00\x00\x00"  # IHDR's CRC
     gif_huge = bytearray(save(Image.fromarray(rgb[:32, :32]), "GIF"))
@@ -197,7 +197,7 @@ def image_cases() -> tuple[ImageCase, ...]:
         c("zip", "zip.jpg", zip_, 415, "not-an-image", "NotAnImageError"),
         c("svg", "svg.png", svg, 415, "not-an-image", "NotAnImageError"),
         c("elf", "elf.jpg", elf, 415, "not-an-image", "NotAnImageError"),
-        c("tiff", "tiff.jpg", tiff, 415, "not-an-image", "NotAnImageError"),  # a real format we do not parse
+        c("ppm", "ppm.jpg", ppm, 415, "not-an-image", "NotAnImageError"),  # a real format we do not parse
         c("random", "random.png", np.random.default_rng(7).bytes(4096), 415, "not-an-image", "NotAnImageError"),
         c("heic-junk", "heic-junk.heic", heic_junk, 415, "not-an-image", "NotAnImageError"),
         # images cut short or corrupt
