@@ -211,8 +211,8 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "operationId": "analyze",
                     "tags": ["analysis"],
                     "summary": "Find faces and read their expressions",
-                    "description": "Send one photo (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF, HEIC) as the multipart field "
-                                   "`image`, or as the raw body with an image/* Content-Type. Options go in the "
+                    "description": "Send one photo (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF, HEIC) as the multipart "
+                                   "field `image`, or as the raw body with an image/* Content-Type. Options go in the "
                                    "query string (or, with multipart, as form fields).\n\n" + CURL_EXAMPLES,
                     "parameters": [classes, explain, min_score],
                     "requestBody": {
@@ -258,7 +258,8 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                             _problem(f"Not an image, or a Content-Type the API does not take: {_slugs(415)}."), p,
                             {"not-an-image": _problem_example(
                                 415, "not-an-image",
-                                "the data is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF, HEIC)")}),
+                                "the data is not an image in a supported format "
+                                "(JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF, HEIC)")}),
                         "422": _with_examples(
                             _problem(f"An image that cannot be used: {_slugs(422)}."), p,
                             {"truncated-image": _problem_example(
