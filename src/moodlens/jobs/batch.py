@@ -101,21 +101,21 @@ def rows_to_table(rows: list[dict], classes: Sequence[str]):
     return pa.Table.from_pylist(rows, schema=output_schema(classes))
 
 
-def output_metadata(classes: str = "4", model_path: str | None = None) -> dict[str, str]:
-    """Parquet key-value metadata of a batch table: which moodlens and which model wrote its rows."""
+def describe_model(classes: str = "4", model_path: str | None = None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(class names in output order, Parquet key-value metadata naming moodlens and the model) of the expression
+    model an analyzer with these settings loads; loading it here makes a broken model fail once, up front."""
     from moodlens import __version__
     from moodlens.engine.classify import ExpressionClassifier
 
     clf = ExpressionClassifier(model_path, classes=classes)
-    return {"moodlens_version": __version__, "model": str(clf.card.get("name") or Path(clf.path).name),
-            "classes": ",".join(clf.classes)}
+    return tuple(clf.classes), {"moodlens_version": __version__,
+                                "model": str(clf.card.get("name") or Path(clf.path).name),
+                                "classes": ",".join(clf.classes)}
 
 
 def model_classes(classes: str = "4", model_path: str | None = None) -> tuple[str, ...]:
     """Class names, in output order, of the expression model an analyzer with these settings loads."""
-    from moodlens.engine.classify import ExpressionClassifier
-
-    return tuple(ExpressionClassifier(model_path, classes=classes).classes)
+    return describe_model(classes, model_path)[0]
 
 
 def make_analyzer(classes: str = "4", model_path: str | None = None):
@@ -336,7 +336,7 @@ def run_batch(
     fmt = infer_format(dest, fmt)
     # a broken model fails here, once, with its ModelError, rather than in every worker (BrokenProcessPool)
     with quiet_native_output(quiet):
-        model_classes(classes, model_path)
+        out_classes, metadata = describe_model(classes, model_path)
     progress = progress and not quiet
     workers = workers or os.cpu_count() or 1
     paths = list_inputs(src, endpoint, limit)
@@ -344,7 +344,7 @@ def run_batch(
         raise click.BadParameter(f"{dest} is one of the inputs: write the table somewhere else", param_hint="DEST")
     # the columns too: a part written with another schema is redone, not concatenated
     settings = {"classes": str(classes), "model": str(model_path or ""),
-                "columns": output_columns(model_classes(classes, model_path))}
+                "columns": output_columns(out_classes)}
     chunks = chunk_paths(paths, chunk_size)
     parts = parts_dir(dest)
     names = [chunk_name(c, settings) for c in chunks]
@@ -388,8 +388,8 @@ def run_batch(
         bar.close()
 
     tables = [read_parquet(storage.join(parts, n), endpoint) for n in names]
-    table = pa.concat_tables(tables) if tables else rows_to_table([], model_classes(classes, model_path))
-    table = table.replace_schema_metadata(output_metadata(classes, model_path))
+    table = pa.concat_tables(tables) if tables else rows_to_table([], out_classes)
+    table = table.replace_schema_metadata(metadata)
     storage.write_bytes(dest, table_bytes(table, fmt), endpoint)
     if not keep_parts:
         storage.remove_tree(parts, endpoint)
