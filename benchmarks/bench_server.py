@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from reference import process_table
+
 from moodlens.web.serve import stop_process
 
 
@@ -43,16 +45,7 @@ def memory_mib(pid: int) -> dict[str, float]:
 
 
 def children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return sorted(kids)
+    return sorted(child for child, (parent, _, _) in process_table().items() if parent == pid)
 
 
 def photo() -> bytes:

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from reference import process_table
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,25 +55,9 @@ def cpu() -> str:
     return f"{name} ({simd}), {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}"
 
 
-def _procs() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds used so far) of every process (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat.rsplit(")", 1)[1].split()
-            out[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
 def tree_cpu(root: int, name_has: str = "") -> float:
     """CPU seconds used by `root` and its descendants (those whose command name contains `name_has`)."""
-    procs = _procs()
+    procs = process_table()
     kids: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in procs.items():
         kids.setdefault(ppid, []).append(pid)

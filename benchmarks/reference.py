@@ -59,3 +59,19 @@ def reference_unit_ms(jpeg: bytes, runs: int = 200) -> dict[str, float]:
     decode = median_ms(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR), runs)
     classify = median_ms(invoke, runs)
     return {"imdecode": decode, "invoke": classify, "unit": decode + classify}
+
+
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds used so far) of every process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
