@@ -312,6 +312,27 @@ def test_health(client):
     assert body["status"] == "ok" and body["default_classes"] == "4" and "4" in body["loaded"]
 
 
+def test_health_fails_once_the_engine_does(face_jpeg):
+    """An engine that stops working (here: an interpreter left with the wrong input shape) gives a 500 on analyze,
+    and from then on health answers 503, not ok; why goes to the server log only."""
+    from moodlens import Analyzer
+
+    app = create_app({"MOODLENS_RATE_LIMIT": 0}, analyzer=Analyzer(classes="4"))
+    client = app.test_client()
+    assert post_raw(client, face_jpeg).status_code == 200
+    classifier = app.extensions["moodlens"].get("4").classifier
+    it = classifier._pool.peek().interpreter
+    it.resize_tensor_input(it.get_input_details()[0]["index"], [1, 24, 24, 1])
+    it.allocate_tensors()
+    assert_problem(post_raw(client, face_jpeg), 500, "internal-error")
+    resp = client.get("/api/v1/health")
+    assert resp.status_code == 503 and resp.mimetype == "application/json"
+    body = resp.get_json()
+    assert body["status"] == "error" and body["failed"] == ["4"]
+    assert "tflite" not in resp.get_data(as_text=True)  # no server paths
+    assert classifier.failure and "failed to run" in classifier.failure
+
+
 def test_model_card(client):
     body = client.get("/api/v1/model").get_json()
     assert body["classes"] == CLASSES_4

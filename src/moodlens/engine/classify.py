@@ -6,6 +6,7 @@ The shipped models live in `moodlens/models/` as `expression-<classes>.tflite` w
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -15,7 +16,7 @@ import numpy as np
 
 from moodlens.engine.align import FACE_SIZE
 from moodlens.engine.errors import ModelError
-from moodlens.engine.runtime import InterpreterPool
+from moodlens.engine.runtime import InterpreterPool, litert_interpreter, read_model
 
 # Class names of the shipped models, by class set. "7" is FER2013's emotion-code order (the training data's);
 # "4" the four expressions the default model reads.
@@ -43,6 +44,7 @@ class ExpressionClassifier:
         self.path = Path(model_path) if model_path else shipped_model_path(classes)
         self.card = self._read_card()
         self.num_threads = num_threads
+        self._content: bytes | None = None  # the model file's bytes, read once by the first _load
         self._pool = InterpreterPool(self._load)  # fails at start-up, not on the first request
         interpreter = self._pool.peek().interpreter
         inp, out = interpreter.get_input_details(), interpreter.get_output_details()
@@ -56,6 +58,27 @@ class ExpressionClassifier:
         self.classes: tuple[str, ...] = tuple(self.card.get("classes") or self._default_classes(n_out))
         if len(self.classes) != n_out:
             raise ModelError(f"{self.path}: model has {n_out} outputs but its card lists {len(self.classes)} classes")
+        self.failure: str | None = None  # why the last self-test failed (None: the engine answers)
+        self.self_test()  # one tiny invoke now: a model that loads but cannot run fails at start-up
+
+    @property
+    def healthy(self) -> bool:
+        """False once a self-test failed (until one passes): what a health check reports."""
+        return self.failure is None
+
+    def self_test(self) -> None:
+        """Run one blank face through the model; ModelError (and `failure` set) unless it gives C probabilities."""
+        try:
+            out = self._run(np.full((1, FACE_SIZE, FACE_SIZE, 1), 128, np.float32))
+            ok = out.shape == (1, len(self.classes)) and bool(np.isfinite(out).all()) \
+                and abs(float(out.sum()) - 1) < 1e-3
+            why = None if ok else f"gave {out.shape} {out.ravel()[:8]} for a blank face, not {len(self.classes)} " \
+                "probabilities"
+        except (RuntimeError, ValueError, ModelError) as exc:
+            why = f"failed to run ({exc})"
+        self.failure = None if why is None else f"{self.path}: the model {why}"
+        if why is not None:
+            raise ModelError(self.failure)
 
     @staticmethod
     def _default_classes(n: int) -> tuple[str, ...]:
@@ -74,13 +97,12 @@ class ExpressionClassifier:
         return _checked_card(content, card)
 
     def _load(self) -> _Slot:
-        from ai_edge_litert.interpreter import Interpreter
-
-        if not self.path.is_file():
-            raise ModelError(f"model file not found: {self.path}")
+        # every interpreter, the ones built later for busy moments included, comes from the bytes read at start
+        # (engine.runtime.read_model): never from the file, which may have changed since
+        if self._content is None:
+            self._content = read_model(self.path)
         try:
-            it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-            it.allocate_tensors()
+            it = litert_interpreter(self._content, self.num_threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: not a loadable LiteRT model ({exc})") from exc
         return _Slot(it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"])
@@ -90,6 +112,15 @@ class ExpressionClassifier:
         x = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE, 1)
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
+        try:
+            return self._run(x)
+        except (RuntimeError, ValueError) as exc:
+            # this input's fault, or the engine's? The self-test says, and sets `failure` for health checks
+            with contextlib.suppress(ModelError):
+                self.self_test()
+            raise ModelError(f"{self.path}: the model failed on {len(x)} faces ({exc})") from exc
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         with self._pool.borrow() as slot:
             if slot.batch != len(x):
                 slot.interpreter.resize_tensor_input(slot.input, x.shape, strict=False)

@@ -13,9 +13,46 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from moodlens.engine.errors import ModelError
 
 T = TypeVar("T")
+
+#: No model file moodlens uses comes near this; a bigger one is a wrong path (a dataset, a disk image).
+MAX_MODEL_BYTES = 512 * 2**20
+
+
+def read_model(path: str | Path, what: str = "model") -> bytes:
+    """The whole model file, read once into memory (ModelError naming `path` if it cannot be).
+
+    Interpreters are then built from these bytes, never from the path: LiteRT maps a file it is given by path,
+    and a file truncated or rewritten under a running server (a botched deploy, a full disk) made every later
+    access through that mapping a SIGBUS, killing the worker, and each fresh worker forked from the master
+    with it. Bytes in memory are immune, and are shared copy-on-write by forked workers.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ModelError(f"{what} file not found: {path}")
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelError(f"{path}: {size:,} bytes is not a {what} file (over {MAX_MODEL_BYTES:,})")
+        with open(path, "rb") as f:
+            return f.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:  # no permission, a vanished file
+        raise ModelError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from exc
+
+
+def litert_interpreter(content: bytes, num_threads: int = 1) -> Any:
+    """A LiteRT interpreter of `content` (from `read_model`), its tensors allocated. The interpreter keeps a
+    reference to `content`, which must not change (bytes never do)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content, num_threads=num_threads)
+    it.allocate_tensors()
+    return it
 
 
 class InterpreterPool(Generic[T]):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from moodlens import __version__
+from moodlens.engine.errors import ImageError
 from moodlens.web.engines import CLASS_SETS, analyzers
 from moodlens.web.problems import ApiProblem
 from moodlens.web.security import rate_limit
 from moodlens.web.uploads import read_image
 
+log = logging.getLogger("moodlens.web")
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(rate_limit)
 
@@ -72,7 +77,13 @@ def analyze() -> Response:
     data = read_image()
     analyzer = analyzers().get(classes)
     start = time.perf_counter()
-    result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score)
+    try:
+        result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score)
+    except (ImageError, HTTPException):
+        raise
+    except Exception:
+        _check_engine(analyzer)  # the photo's fault, or a broken engine? (a broken one fails health from now on)
+        raise
     elapsed_ms = (time.perf_counter() - start) * 1000
     body = result.to_dict()
     threshold = getattr(analyzer, "uncertain_below", None)
@@ -83,11 +94,37 @@ def analyze() -> Response:
     return resp
 
 
+def _check_engine(analyzer: Any) -> None:
+    """After an unexpected error: run the classifier's self-test (a blank face), which sets its `failure` when
+    the engine itself no longer works, so that health stops saying ok."""
+    test = getattr(getattr(analyzer, "classifier", None), "self_test", None)
+    if test is None:
+        return
+    try:
+        test()
+    except Exception:  # ModelError, or worse: either way `failure` says what, and health reports it
+        log.error("the engine failed its self-test after an error: %s",
+                  getattr(analyzer.classifier, "failure", None) or "unknown")
+
+
+def engine_failures() -> list[str]:
+    """The loaded class sets whose engine failed its last self-test (why is in the server log, not here: it names
+    server paths)."""
+    pool = analyzers()
+    return [c for c in pool.loaded if getattr(getattr(pool.get(c), "classifier", None), "failure", None)]
+
+
 @bp.get("/health")
 def health() -> Response:
-    """Liveness: the app is up and its default model is loaded."""
+    """Liveness and readiness: the app is up, its models are loaded, and their engine passed its last self-test
+    (503 with `status: "error"` once it failed: a broken engine must not look healthy while analyze fails)."""
     pool = analyzers()
-    return jsonify(status="ok", version=__version__, default_classes=pool.default, loaded=pool.loaded)
+    failures = engine_failures()
+    resp = jsonify(status="error" if failures else "ok", version=__version__, default_classes=pool.default,
+                   loaded=pool.loaded, **({"failed": failures} if failures else {}))
+    if failures:
+        resp.status_code = 503
+    return resp
 
 
 @bp.get("/model")
