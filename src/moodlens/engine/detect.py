@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from moodlens.engine.errors import ModelError
-from moodlens.engine.runtime import InterpreterPool
+from moodlens.engine.runtime import InterpreterPool, litert_interpreter, read_model
 
 DETECTORS = ("auto", "short", "full", "yunet")
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
@@ -102,6 +102,7 @@ class _Model:
         self.path = model_path(name)
         self.num_threads = num_threads
         self.anchors = ssd_anchors(self.spec.size, self.spec.strides, self.spec.anchors_per_layer)
+        self._content = read_model(self.path, "face-detection model")  # in memory: see engine.runtime.read_model
         self._pool = InterpreterPool(self._load)  # load now: a broken model fails at start-up
         it, _, boxes_idx, _ = self._pool.peek()
         n = int(next(d for d in it.get_output_details() if d["index"] == boxes_idx)["shape"][1])
@@ -109,11 +110,8 @@ class _Model:
             raise ModelError(f"{self.path}: {n} outputs but {len(self.anchors)} anchors; wrong model file?")
 
     def _load(self):
-        from ai_edge_litert.interpreter import Interpreter
-
         try:
-            it = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-            it.allocate_tensors()
+            it = litert_interpreter(self._content, self.num_threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: not a loadable face-detection model ({exc})") from exc
         outs = it.get_output_details()
@@ -231,13 +229,14 @@ class _YuNet:
     def __init__(self, min_score: float, iou_threshold: float, fine_min_score: float = 0.5):
         self.path = Path(str(resources.files("moodlens") / "models" / YUNET_FILE))
         self.min_score, self.iou_threshold, self.fine_min_score = min_score, iou_threshold, fine_min_score
-        if not self.path.is_file():
-            raise ModelError(f"model file not found: {self.path}")
+        # read now: each process builds its own net later (fork_safe=False), from these bytes, not the file
+        self._content = np.frombuffer(read_model(self.path, "YuNet model"), np.uint8)
         self._pool = InterpreterPool(self._load, fork_safe=False, eager=False)
 
     def _load(self):
         try:
-            return cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), self.min_score, self.iou_threshold, 5000)
+            return cv2.FaceDetectorYN.create("onnx", self._content, np.zeros(0, np.uint8), (320, 320), self.min_score,
+                                             self.iou_threshold, 5000)
         except cv2.error as exc:
             raise ModelError(f"{self.path}: not a loadable YuNet model ({exc})") from exc
 
