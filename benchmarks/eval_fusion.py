@@ -155,6 +155,17 @@ def faceapi_to4(p7: np.ndarray) -> np.ndarray:
     return p4 / p4.sum(axis=1, keepdims=True)
 
 
+class restricted_to4:
+    """A classifier with more classes read as angry/happy/neutral/sad, renormalised (the 7-class file as 4)."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier, self.columns = classifier, [classifier.classes.index(c) for c in CLASSES4]
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        p = self.classifier.predict(faces)[:, self.columns].astype(np.float64)
+        return p / p.sum(axis=1, keepdims=True)
+
+
 def keras_runner(model) -> Callable[[np.ndarray], np.ndarray]:
     """(N, 112, 112, 3) RGB 0..255 -> (N, 7) face-api probabilities, with the Keras port."""
     return lambda x: np.asarray(model.predict(x.astype(np.float32), batch_size=128, verbose=0))
@@ -328,6 +339,20 @@ def best(results: dict[str, dict]) -> str:
     return max(results, key=lambda k: (round(results[k]["accuracy"], 6), results[k]["min_recall"]))
 
 
+def ferplus_scores(args: argparse.Namespace, frame, moodlens, run_keras) -> dict:
+    """Every fusion scored on PublicTest faces whose FER+ majority is angry/happy/neutral/sad (FER+'s labels)."""
+    from moodlens.training.data import load_fer
+    from moodlens.training.labels import class_set
+
+    plus = load_fer(args.fer2013, "PublicTest", class_set("4"), ferplus=args.ferplus, targets="ferplus", frame=frame)
+    assert tuple(plus.class_set.classes) == CLASSES4
+    p_ml = in_chunks(moodlens.predict, plus.images).astype(np.float64)
+    x112 = np.stack([cv2.cvtColor(cv2.resize(f, (FACEAPI_SIZE, FACEAPI_SIZE), interpolation=cv2.INTER_LINEAR),
+                                  cv2.COLOR_GRAY2RGB) for f in plus.images])
+    p_fa = faceapi_to4(run_keras(x112))
+    return score_all(plus.y, p_ml, p_fa, np.ones(len(plus.y), bool), args.weights)
+
+
 # -------------------------------------------------------------------------------------------------- main
 
 
@@ -339,6 +364,9 @@ def main() -> None:
     parser.add_argument("--margins", type=float, nargs="+", default=[1.0, 1.1, 1.2, 1.3, 1.4],
                         help="face-api crop side / detector box side (moodlens's own crop stays at 1.2)")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--moodlens", choices=("4", "7"), default="4",
+                        help="moodlens model: the shipped 4-class file, or the 7-class file restricted to 4")
+    parser.add_argument("--ferplus", type=Path, default=SHARED / "ferplus" / "fer2013new.csv")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds (each: every model, --per-round runs)")
@@ -354,7 +382,8 @@ def main() -> None:
     faceapi = load_faceapi_expression_net(args.faceapi_dir)
     run_keras = keras_runner(faceapi)
     analyzer = Analyzer(classes="4", num_threads=1)
-    moodlens = analyzer.classifier
+    moodlens = analyzer.classifier if args.moodlens == "4" else restricted_to4(Analyzer(classes="7").classifier)
+    report["moodlens_model"] = f"expression-{args.moodlens}.tflite"
 
     # 1. photos-dev
     photos = photo_crops(args.photos, args.margins, analyzer)
@@ -400,6 +429,9 @@ def main() -> None:
         fer = score_all(y, p_ml_fer, p_fa_fer, np.ones(len(y), bool), args.weights)
         report["fer2013_publictest"] = fer
         print("\n" + table("FER2013 PublicTest, 4 classes", {"PublicTest": fer}))
+        if args.ferplus.exists():
+            report["ferplus_publictest"] = ferplus_scores(args, frame, moodlens, run_keras)
+            print("\n" + table("FER+ majority, PublicTest, 4 classes", {"PublicTest": report["ferplus_publictest"]}))
 
     # 3. speed and int8 agreement
     if not args.skip_speed:

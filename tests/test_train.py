@@ -228,3 +228,35 @@ def test_a_two_head_run_starts_from_a_shipped_model_with_both_heads_giving_its_s
     cfg.width, cfg.init_from = 32, str(SHIPPED_SEVEN)
     run = train(cfg, verbose=0)
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+
+
+FACEAPI_MODEL = Path(__file__).resolve().parents[1] / ".cache/faceapi/node_modules/@vladmandic/face-api/model"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FACEAPI_MODEL.is_dir(), reason="face-api's weights not fetched (make faceapi)")
+def test_faceapi_arch_starts_as_the_published_net_and_fine_tunes_with_its_own_outputs_mixed_in(tmp_path):
+    from moodlens.training.faceapi import (
+        FACEAPI_CLASSES,
+        faceapi_classifier,
+        load_faceapi_expression_net,
+        to_faceapi_input,
+    )
+    from moodlens.training.labels import FER2013_CLASSES
+
+    # the classifier over our class order is face-api's net with its columns picked: same probabilities
+    x = to_faceapi_input(synthetic_faces(np.arange(8) % 7, seed=3)[..., None].astype(np.float32)).numpy()
+    original = load_faceapi_expression_net(FACEAPI_MODEL).predict(x, verbose=0)
+    ours = keras.ops.softmax(faceapi_classifier(FACEAPI_MODEL, FER2013_CLASSES).predict(x, verbose=0)).numpy()
+    order = [list(FACEAPI_CLASSES.values()).index(c) for c in FER2013_CLASSES]
+    np.testing.assert_allclose(ours, original[:, order], atol=1e-5)
+
+    cfg = small_config(tmp_path, "ft", arch="faceapi", faceapi_dir=str(FACEAPI_MODEL), distill=0.5,
+                       lr=1e-4)
+    cfg.targets, cfg.limit, cfg.extra["keep_epochs"] = "ferplus-soft", 64, True
+    run = train(cfg, verbose=0)
+    assert (run / "epoch-001.keras").is_file()
+    history = (run / "history.csv").read_text().splitlines()
+    assert "val_ferplus_4_acc" in history[0] and len(history) == 2
+    tuned = keras.models.load_model(run / "last.keras")
+    assert tuned.input_shape[1:] == (112, 112, 3) and tuned.output_shape[-1] == 7

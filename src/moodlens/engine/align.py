@@ -48,20 +48,26 @@ def crop_transform(detection: Detection, out_size: int, scale: float = CROP_SCAL
 
 def align_face(rgb: np.ndarray, detection: Detection, scale: float = CROP_SCALE,
                shift_y: float = CROP_SHIFT_Y) -> np.ndarray:
-    """The face of `detection` in the RGB image as an upright 48x48 uint8 grayscale crop.
+    """The face of `detection` in the RGB image as an upright 48x48 uint8 grayscale crop (see align_crop)."""
+    return align_crop(rgb, detection, FACE_SIZE, grey=True, scale=scale, shift_y=shift_y)
+
+
+def align_crop(rgb: np.ndarray, detection: Detection, size: int, grey: bool, scale: float = CROP_SCALE,
+               shift_y: float = CROP_SHIFT_Y) -> np.ndarray:
+    """The face of `detection` as an upright `size` x `size` uint8 crop, grey (H, W) or RGB (H, W, 3).
 
     One interpolating resampling: a single warpAffine (rotate + crop + scale) to a square whose side is an
-    integer multiple k of 48 at about the face's own resolution, then an exact k x k block average down to 48
-    (cv2.INTER_AREA with an integer factor). warpAffine cannot average (it treats INTER_AREA as bilinear), so
-    warping a 300-pixel face straight to 48 would alias; the block average is the anti-aliasing step.
+    integer multiple k of `size` at about the face's own resolution, then an exact k x k block average down to
+    `size` (cv2.INTER_AREA with an integer factor). warpAffine cannot average (it treats INTER_AREA as
+    bilinear), so warping a 300-pixel face straight to 48 would alias; the block average is the anti-aliasing.
     """
     side = max(detection.box[2], detection.box[3]) * scale
-    k = max(1, min(16, int(side // FACE_SIZE)))
-    size = FACE_SIZE * k
-    m = crop_transform(detection, size, scale, shift_y)
+    k = max(1, min(16, int(side // size)))
+    m = crop_transform(detection, size * k, scale, shift_y)
     # warp only colour pixels we keep (the output square), then go grey: cheaper than greying a 12 MP photo
-    crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    crop = cv2.warpAffine(rgb, m, (size * k, size * k), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if grey:
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     if k > 1:
-        grey = cv2.resize(grey, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
-    return grey
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return crop

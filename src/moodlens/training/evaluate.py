@@ -225,3 +225,34 @@ def evaluate_photos(source: str | Path, classes: str = "4", model: str | Path | 
         keep = np.array([r["source_repo"] not in exclude_repos for r in rows])
         out["excluding_repos"] = {"repos": list(exclude_repos), **block(keep)}
     return out
+
+
+def photo_probe(source: str | Path, rgb_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-class labelled faces of a real-photo set as (crops, labels), for a per-epoch accuracy probe.
+
+    Each photo goes through the engine's decode and detector; its largest face is cut by the engine's aligner:
+    the 48x48 grey crop, or with `rgb_size` an RGB crop of that side from the full-resolution pixels (face-api's
+    input). Photos where no face is found are left out (`evaluate_photos` is the end-to-end score). The crops
+    stay in memory: a validation set is never written out or trained on.
+    """
+    from moodlens.engine.align import align_crop
+    from moodlens.engine.analyzer import WORK_SIDE, Analyzer
+    from moodlens.engine.decode import decode_picture
+
+    cs = class_set("4")
+    analyzer = Analyzer(classes="4")
+    crops, labels = [], []
+    for r in (r for r in labelled_photos(source) if r["label"] in cs.classes):
+        picture = decode_picture(r["path"], max_bytes=analyzer.max_bytes, max_pixels=analyzer.max_pixels,
+                                 work_side=WORK_SIDE)
+        found = [d for d in analyzer.detector.detect(picture.rgb, picture.full if picture.scale < 1 else None)
+                 if d.score >= analyzer.min_face_score]
+        if not found:
+            continue
+        d = max(found, key=lambda f: f.box[2] * f.box[3])
+        if rgb_size:  # from the full-resolution pixels, the same box scaled up
+            crops.append(align_crop(picture.full(), d.scaled(1 / picture.scale), rgb_size, grey=False))
+        else:
+            crops.append(Analyzer._crop(picture, d))  # the crop analyze() classifies
+        labels.append(cs.index(r["label"]))
+    return np.stack(crops), np.array(labels)

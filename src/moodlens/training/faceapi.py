@@ -111,3 +111,28 @@ def load_faceapi_expression_net(model_dir: str | Path) -> keras.Model:
         raise ValueError(f"unused face-api weights: {sorted(w)}")
     outputs = layers.Softmax(name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="faceapi_expression_net")
+
+
+def faceapi_classifier(model_dir: str | Path, classes: tuple[str, ...], name: str = "faceapi_classifier"):
+    """face-api's net as a trainable classifier over `classes` (moodlens names, any subset of its 7): the same
+    weights, its fc columns picked and ordered for `classes`, logits out (no softmax), named "logits" as
+    moodlens's own nets are. Input: (N, 112, 112, 3) float32 RGB 0..255, as load_faceapi_expression_net."""
+    net = load_faceapi_expression_net(model_dir)
+    by_name = {ours: i for i, ours in enumerate(FACEAPI_CLASSES.values())}
+    missing = [c for c in classes if c not in by_name]
+    if missing:
+        raise ValueError(f"face-api's net has no class {missing}; it predicts {sorted(by_name)}")
+    cols = [by_name[c] for c in classes]
+    kernel, bias = net.get_layer("fc").get_weights()
+    head = layers.Dense(len(classes), name="logits")
+    logits = head(net.get_layer("flatten").output)
+    head.set_weights([kernel[:, cols], bias[cols]])
+    return keras.Model(net.input, logits, name=name)
+
+
+def to_faceapi_input(faces48):
+    """FER2013-style faces (N, 48, 48, 1) float 0..255 -> face-api's input (N, 112, 112, 3): bilinear upscaling,
+    grey copied to the three channels (a TensorFlow op, usable in a tf.data pipeline)."""
+    import tensorflow as tf
+
+    return tf.image.grayscale_to_rgb(tf.image.resize(faces48, (INPUT_SIZE, INPUT_SIZE), method="bilinear"))

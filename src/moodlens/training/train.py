@@ -50,6 +50,14 @@ class TrainConfig:
     seed: int = 1234
     limit: int | None = None  # train on the first N rows only (smoke tests)
     init_from: str | None = None  # fine-tune from a checkpoint (a 7-class net can start a 4-class run)
+    # "moodlens": the 48x48 grey VGG-style net (model.py); "faceapi": face-api.js's net (112x112 RGB), fine-tuned
+    # from its published weights in `faceapi_dir`, on FER faces upscaled to 112 and copied to RGB
+    arch: str = "moodlens"
+    faceapi_dir: str | None = None
+    # faceapi: weight of the untouched net's own output (on the same augmented view) mixed into each target,
+    # so fine-tuning keeps what it knew of real photos ("learning without forgetting", Li & Hoiem 2016)
+    distill: float = 0.0
+    photos: str | None = None  # a labelled real-photo set (photos-dev labels.csv) probed every epoch, never trained on
     extra: dict = field(default_factory=dict)
 
 
@@ -85,6 +93,10 @@ def load_datasets(cfg: TrainConfig) -> tuple[FaceDataset, FaceDataset, dict[str,
             if votes is not None:
                 d = load_fer(cfg.fer2013, cfg.val_split, probe_cs, targets="ferplus", frame=frame, votes=votes)
                 probes[f"ferplus_{probe_cs.name}"] = (d.images, d.y)
+    if cfg.photos:
+        from moodlens.training.evaluate import photo_probe
+
+        probes["photos_4"] = photo_probe(cfg.photos, rgb_size=112 if cfg.arch == "faceapi" else None)
     if cfg.limit:
         plus = None if train.ferplus_target is None else train.ferplus_target[: cfg.limit]
         train = FaceDataset(train.images[: cfg.limit], train.y[: cfg.limit], train.target[: cfg.limit], cs,
@@ -98,6 +110,12 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
 
     from moodlens.training.augment import augment_batch
 
+    teacher = None
+    if cfg.arch == "faceapi" and cfg.distill:
+        from moodlens.training.faceapi import faceapi_classifier
+
+        teacher = faceapi_classifier(cfg.faceapi_dir, train.class_set.classes, name="teacher")
+        teacher.trainable = False
     images = tf.constant(train.images[..., None], tf.uint8)
     targets = tf.constant(train.target, tf.float32)
     plus = None if train.ferplus_target is None else tf.constant(train.ferplus_target, tf.float32)
@@ -116,6 +134,12 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
         x = tf.cast(tf.gather(images, idx), tf.float32)
         x = augment_batch(x, tf.stack([cfg.seed + 1, e * 100_000 + s]))
         t = tf.gather(targets, idx)
+        if cfg.arch == "faceapi":
+            from moodlens.training.faceapi import to_faceapi_input
+
+            x = to_faceapi_input(x)
+            if teacher is not None:  # the same view through the original net
+                t = (1 - cfg.distill) * t + cfg.distill * tf.nn.softmax(teacher(x, training=False))
         w = tf.reduce_sum(t * weights, axis=1)
         if plus is not None:  # rows without a FER+ target are all zeros: no FER+ loss for them
             return x, {"fer2013": t, "ferplus": tf.gather(plus, idx)}
@@ -217,7 +241,13 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     classes = HEADS if cfg.targets == "heads" else train_set.class_set.classes
-    if cfg.init_from:  # a few thousand training faces set the batch norms of a recovered .tflite network
+    if cfg.arch == "faceapi":
+        from moodlens.training.faceapi import faceapi_classifier
+
+        if cfg.targets == "heads" or cfg.init_from:
+            raise ValueError("--arch faceapi starts from face-api's weights with one head: no --init-from/heads")
+        model = faceapi_classifier(cfg.faceapi_dir, classes)
+    elif cfg.init_from:  # a few thousand training faces set the batch norms of a recovered .tflite network
         model = init_from_checkpoint(cfg.init_from, classes, cfg.dropout, cfg.stage_dropout, cfg.width,
                                      faces=train_set.images[:4096])
     else:
@@ -253,7 +283,7 @@ def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], clas
     out = {}
     for name, (images, y) in probes.items():
         probe_classes = FOUR.classes if name.endswith("_4") else FER2013_CLASSES
-        logits = model.predict(images[..., None].astype(np.float32), batch_size=256, verbose=0)
+        logits = model.predict(model_input(model, images), batch_size=256, verbose=0)
         outputs = logits if isinstance(logits, dict) else {None: logits}
         for head, head_logits in outputs.items():
             head_classes = classes if head is None else HEADS[head]
@@ -261,6 +291,18 @@ def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], clas
             key = f"val_{name}_acc" if head in (None, name.split("_")[0]) else f"val_{name}_via_{head}_acc"
             out[key] = float((head_logits[:, cols].argmax(1) == y).mean())
     return out
+
+
+def model_input(model, faces: np.ndarray) -> np.ndarray:
+    """Faces as `model` takes them: (N, 48, 48) grey gets its channel axis, and is upscaled to RGB for a
+    112x112x3 (face-api) net; crops already of the model's shape pass through."""
+    x = faces.astype(np.float32)
+    x = x[..., None] if x.ndim == 3 else x
+    if model.input_shape[1:] != x.shape[1:]:
+        from moodlens.training.faceapi import to_faceapi_input
+
+        x = np.concatenate([to_faceapi_input(x[i:i + 512]).numpy() for i in range(0, len(x), 512)])
+    return x
 
 
 def plot_curves(history_csv: Path, out_png: Path) -> None:
@@ -320,6 +362,8 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
             if score > self.best:
                 self.best = score
                 self.model.save(run / "best.keras")
+            if cfg.extra.get("keep_epochs"):  # every epoch's (averaged) weights, to choose on more than one probe
+                self.model.save(run / f"epoch-{epoch + 1:03d}.keras")
             swap_ema_weights(self.model)
             self.model.save(run / "last.tmp.keras")
             os.replace(run / "last.tmp.keras", run / "last.keras")
@@ -383,7 +427,7 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     if start >= cfg.epochs:
         return run
     # a two-head run is validated by its probes (both heads, both label sets) alone
-    val = None if cfg.targets == "heads" else (val_set.images[..., None].astype(np.float32),
+    val = None if cfg.targets == "heads" else (model_input(model, val_set.images),
                                                np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     model.fit(stream, epochs=end, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
