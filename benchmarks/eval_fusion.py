@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 from reference import REFERENCE_MODEL, machine
 
-from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_face, crop_transform
+from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_crop, align_face
 from moodlens.engine.analyzer import WORK_SIDE, Analyzer
 from moodlens.engine.classify import CLASSES, shipped_model_path
 from moodlens.engine.decode import Picture, decode_picture
@@ -62,18 +62,9 @@ RULES = ("log", "prob")
 
 
 def faceapi_crop(rgb: np.ndarray, d: Detection, margin: float, size: int = FACEAPI_SIZE) -> np.ndarray:
-    """The face of `d` as an upright `size` x `size` RGB uint8 crop whose side is `margin` x the box side.
-
-    align.align_face has no output-size or colour parameter, so its two steps are repeated here with `size` and
-    RGB: one warpAffine with the aligner's own `crop_transform` (rotate by the eye line, centre on the box) to an
-    integer multiple k of `size` at about the face's own resolution, then an exact k x k block average
-    (INTER_AREA) down to `size`, which anti-aliases as the engine's 48x48 crop does.
-    """
-    side = max(d.box[2], d.box[3]) * margin
-    k = max(1, min(16, int(side // size)))
-    m = crop_transform(d, size * k, scale=margin)
-    crop = cv2.warpAffine(rgb, m, (size * k, size * k), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA) if k > 1 else crop
+    """The face of `d` as an upright `size` x `size` RGB uint8 crop whose side is `margin` x the box side: the
+    aligner's own warp + block average (align_crop), as the engine cuts its 48x48 crop."""
+    return align_crop(rgb, d, size, grey=False, scale=margin)
 
 
 def engine_crop(picture: Picture, d: Detection) -> np.ndarray:
