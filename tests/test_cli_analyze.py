@@ -18,6 +18,8 @@ from click.testing import CliRunner
 
 from conftest import encode
 from moodlens.cli import main
+from moodlens.engine.decode import IMAGE_SUFFIXES
+from moodlens.engine.video import VIDEO_SUFFIXES
 
 pytest.importorskip("skimage")
 
@@ -62,6 +64,11 @@ def test_folder_as_json_lines(photos):
     assert len(face["box"]) == 4 and list(face["scores"]) == CLASSES
     assert sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)
     assert "images (5 faces)" in result.stderr and "1 errors" in result.stderr
+    # notes.txt is not dropped silently: one line names it and says why
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    kinds = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+    assert note == f"skipped 1 file whose extension is not a photo or video moodlens reads ({kinds}): " \
+        f"{photos / 'notes.txt'}"
 
 
 def test_all_good_exits_zero_and_explain(photos):
@@ -256,3 +263,19 @@ def test_min_face_score_leaves_out_weaker_faces(photos):
     floor = (scores[1] + scores[2]) / 2  # between the second and third weakest (the JSON rounds scores)
     fewer = json_lines(run(group, "-q", "--min-face-score", str(floor)).stdout)["group.png"]
     assert len(fewer["faces"]) == len(every) - 2 and all(f["score"] >= floor for f in fewer["faces"])
+
+
+def test_files_left_out_of_a_folder_are_named_once_and_quiet_hides_them(tmp_path, video):
+    (tmp_path / "clip.mp4").write_bytes(video.read_bytes())
+    for i in range(7):
+        (tmp_path / f"notes-{i}.txt").write_text("not an image")
+    first = run(str(tmp_path), "--every", "6")  # writes clip.timeline.csv and .png beside the video
+    assert first.exit_code == 0, first.output
+    again = run(str(tmp_path), "--every", "6")
+    assert again.exit_code == 0, again.output
+    for result in (first, again):  # the rerun's own outputs are neither read nor listed as skipped
+        notes = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+        assert len(notes) == 1 and notes[0].startswith("skipped 7 files whose extension"), notes
+        assert notes[0].endswith(", ".join(str(tmp_path / f"notes-{i}.txt") for i in range(5)) + " and 2 more")
+        assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(tmp_path / "clip.mp4")]
+    assert run(str(tmp_path), "--every", "6", "-q").stderr == ""

@@ -388,6 +388,60 @@ def check_downloads(page, card, answer: dict, photo: Path, tmp_path: Path) -> No
     assert diff.mean() < 0.25  # and not much else
 
 
+# --- a TIFF: Chromium cannot show it, the page shows the server's preview -----------------------------------------
+
+
+def tiff_bytes(rgb, pages: int = 1) -> bytes:
+    from PIL import Image
+
+    first = Image.fromarray(rgb)
+    buf = io.BytesIO()
+    first.save(buf, "TIFF", save_all=True, append_images=[Image.new("RGB", first.size, (200, 0, 0))] * (pages - 1))
+    return buf.getvalue()
+
+
+def test_a_tiff_is_shown_from_the_servers_preview(server, browser, tmp_path):
+    from PIL import Image
+
+    good, broken = tmp_path / "scan.tiff", tmp_path / "broken.tif"
+    good.write_bytes(tiff_bytes(astronaut(), pages=2))
+    broken.write_bytes(tiff_bytes(astronaut())[:4000])
+    page, errors = open_page(browser, server + "/", PHONE)
+    page.set_input_files("#file-input", [str(good), str(broken)])
+    page.wait_for_function("() => document.querySelectorAll('.result[data-state=done], .result[data-state=error]')"
+                           ".length === 2", timeout=30_000)
+    card = page.locator(".result", has_text="scan.tiff")
+    shown = card.locator(".stage img").evaluate("i => [i.complete, i.naturalWidth, i.naturalHeight, i.src]")
+    assert shown[:3] == [True, 512, 512] and shown[3].startswith("blob:"), shown  # the preview, decoded
+    assert card.locator(".no-preview").count() == 0
+    label = card.locator(".overlay .face-label:not(.probe):not([hidden])")
+    assert label.count() == 1 and label_class(label.inner_text()) in CLASSES
+    geo = card.evaluate(LABEL_GEOMETRY)
+    (lab,) = geo["labels"]
+    assert 0 <= lab["x"] and lab["x"] + lab["w"] <= geo["w"] + 0.5 and 0 <= lab["y"] <= geo["h"] - lab["h"] + 0.5
+    thumb = card.locator(".face-item .thumb").evaluate("""c => { const d = c.getContext('2d')
+        .getImageData(0, 0, c.width, c.height).data; let s = 0; for (const v of d) s += v; return s; }""")
+    assert thumb > 0
+    card.locator(".stage").screenshot(path=str(SHOTS / "moodlens-tiff-phone.png"))
+
+    with page.expect_download() as got:
+        card.locator(".dl-image").click()
+    assert got.value.suggested_filename == "scan.moodlens.png"
+    drawn = Image.open(got.value.path())
+    assert drawn.format == "PNG" and drawn.size == (512, 512)
+    with page.expect_download() as got:
+        card.locator(".dl-json").click()
+    data = json.loads(Path(got.value.path()).read_text())
+    assert "preview" not in data and len(data["faces"]) == 1  # the results, not the picture
+
+    bad = page.locator(".result", has_text="broken.tif")
+    assert bad.locator(".stage.no-preview").inner_text() == "Your browser cannot show this file."
+    assert bad.locator(".summary .status.error").is_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert [e for e in errors if "status of 422" not in e] == []  # the broken one's answer, and nothing else
+    page.context.close()
+
+
 # --- many photos at once: progress, table, one message per batch ------------------------------------------------
 
 

@@ -4,6 +4,7 @@ its vendored Swagger UI, the OpenAPI tags and examples, opt-in CORS (app factory
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import io
@@ -180,6 +181,54 @@ def test_analyze_answers_its_uncertain_threshold(client, analyzer):
     seven = client.post("/api/v1/analyze?classes=7", data=jpeg(astronaut()), content_type="image/jpeg").get_json()
     card = json.loads((Path(moodlens.models.__file__).parent / "expression-7.json").read_text())
     assert seven["uncertain_below"] == card["uncertain_below"]  # each model's own threshold, from its card
+
+
+# --- a preview for formats a browser cannot show (TIFF) --------------------------------------------------------
+
+
+def tiff(rgb, pages: int = 1) -> bytes:
+    """`rgb` as a TIFF; later pages are other pictures (only the first counts)."""
+    from PIL import Image
+
+    first = Image.fromarray(rgb)
+    rest = [Image.new("RGB", first.size, (i * 60, 0, 0)) for i in range(1, pages)]
+    buf = io.BytesIO()
+    first.save(buf, "TIFF", save_all=True, append_images=rest)
+    return buf.getvalue()
+
+
+def data_url_image(url: str):
+    from PIL import Image
+
+    head, _, data = url.partition(",")
+    assert head == "data:image/jpeg;base64"
+    im = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert im.format == "JPEG"
+    return im.convert("RGB")
+
+
+def test_preview_gives_the_analysed_picture_as_a_jpeg(client):
+    import numpy as np
+
+    photo = astronaut()
+    body = client.post("/api/v1/analyze?preview=1", data={"image": (io.BytesIO(tiff(photo, pages=3)), "a.tif")})
+    assert body.status_code == 200, body.get_data(as_text=True)
+    answer = body.get_json()
+    assert len(answer["faces"]) == 1 and (answer["width"], answer["height"]) == (512, 512)
+    shown = data_url_image(answer["preview"])
+    assert shown.size == (512, 512)  # the first page, not the red ones after it
+    assert np.abs(np.asarray(shown, int) - photo.astype(int)).mean() < 4
+    plain = client.post("/api/v1/analyze", data=tiff(photo), content_type="image/tiff").get_json()
+    assert "preview" not in plain and plain["faces"][0]["scores"] == answer["faces"][0]["scores"]
+
+    wide = np.zeros((1000, 3000, 3), np.uint8)  # the preview's longer side is capped; the boxes stay full size
+    wide[244:756, 1244:1756] = photo
+    answer = client.post("/api/v1/analyze", data={"image": (io.BytesIO(jpeg(wide)), "wide.jpg"), "preview": "1"}
+                         ).get_json()
+    assert (answer["width"], answer["height"]) == (3000, 1000) and len(answer["faces"]) == 1
+    assert data_url_image(answer["preview"]).size == (2048, 683)
+    broken = client.post("/api/v1/analyze?preview=1", data=tiff(photo)[:3000], content_type="image/tiff")
+    assert broken.status_code == 422 and "preview" not in broken.get_data(as_text=True)
 
 
 # --- CORS ---------------------------------------------------------------------------------------------------------

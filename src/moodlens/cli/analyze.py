@@ -65,30 +65,49 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def collect_jobs(paths: tuple[Path, ...], skip: tuple[str | None, ...] = ()) -> list[Job]:
+def collect_jobs(paths: tuple[Path, ...], skip: tuple[str | None, ...] = (),
+                 left_out: list[str] | None = None) -> list[Job]:
     """Files as given (whatever their suffix), and images/videos under folders, recursively, sorted; nothing
     under the `skip` folders (the command's own output folders, so a rerun never reads what it wrote).
 
     Folders are listed like `moodlens batch` lists them (`safeio.list_inside`): links that lead outside the
-    folder are skipped, FIFOs and devices are kept so that each gets its error line."""
+    folder are skipped, FIFOs and devices are kept so that each gets its error line. Files in folders whose
+    extension is no image or video moodlens reads are appended to `left_out`, so the command can say so."""
     jobs = []
     for p in paths:
         if p.is_dir():
-            jobs += _folder_jobs(p, skip)
+            jobs += _folder_jobs(p, skip, left_out if left_out is not None else [])
         else:
             jobs.append(Job(str(p), missing=not p.exists()))
     return jobs
 
 
-def _folder_jobs(folder: Path, skip: tuple[str | None, ...]) -> list[Job]:
+def _folder_jobs(folder: Path, skip: tuple[str | None, ...], left_out: list[str]) -> list[Job]:
     # an output folder inside this input folder is skipped; one that is the input folder is not (its files are
     # the inputs, and check_outputs refuses to write over them)
     skipped = [o for o in (Path(s).resolve() for s in skip if s) if o != folder.resolve()]
-    files = [folder / key for key in list_inside(folder, IMAGE_SUFFIXES | VIDEO_SUFFIXES)]
-    # a video's timeline plot beside it is this command's output, not a photo to analyze on a rerun
-    plots = {f.with_name(f.stem + ".timeline.png") for f in files if f.suffix.lower() in VIDEO_SUFFIXES}
-    return [Job(str(f), str(folder)) for f in files
-            if f not in plots and not any(f.resolve().is_relative_to(o) for o in skipped)]
+    wanted = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    every = [folder / key for key in list_inside(folder)]
+    files = [f for f in every if f.suffix.lower() in wanted]
+    # a video's timeline plot and CSV beside it are this command's outputs, not inputs of a rerun
+    videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+    own = {f.with_name(f.stem + ".timeline" + ext) for f in videos for ext in (".png", ".csv")}
+
+    def ours(f: Path) -> bool:
+        return f in own or any(f.resolve().is_relative_to(o) for o in skipped)
+
+    left_out += [str(f) for f in every if f.suffix.lower() not in wanted and not ours(f)]
+    return [Job(str(f), str(folder)) for f in files if not ours(f)]
+
+
+def left_out_note(left_out: list[str], shown: int = 5) -> str:
+    """One line naming the files in the folders that are not read: "skipped 2 files whose ...: a.txt, b.psd"."""
+    names = ", ".join(printable(n) for n in left_out[:shown])
+    more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
+    kinds = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+    files = "file" if len(left_out) == 1 else "files"
+    return (f"skipped {len(left_out)} {files} whose extension is not a photo or video moodlens reads ({kinds}): "
+            f"{names}{more}")
 
 
 def is_video(job: Job) -> bool:
@@ -329,7 +348,10 @@ def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annot
     from moodlens.engine.errors import MoodlensError
 
     settings = Settings(classes, model_path, detector, explain, every, annotate, out, min_face_score, quiet, smooth)
-    jobs = collect_jobs(paths, skip=(annotate, out))
+    left_out: list[str] = []
+    jobs = collect_jobs(paths, skip=(annotate, out), left_out=left_out)
+    if left_out and not quiet:
+        click.echo(left_out_note(left_out), err=True)
     if not jobs:
         raise click.UsageError("no images or videos found in the given paths")
     check_annotate(annotate, jobs)

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from moodlens import __version__
 from moodlens.engine.errors import ImageError
 from moodlens.web.engines import CLASS_SETS, analyzers
+from moodlens.web.preview import decode_for_preview, preview_data_url
 from moodlens.web.problems import ApiProblem
 from moodlens.web.security import rate_limit
 from moodlens.web.uploads import read_image
@@ -74,9 +75,12 @@ def analyze() -> Response:
     classes = classes_option()
     explain = bool_option("explain")
     min_face_score = score_option()
+    preview = bool_option("preview")
     data = read_image()
     analyzer = analyzers().get(classes)
     start = time.perf_counter()
+    if preview:  # decoded once: analysed, and sent back for a page whose browser cannot show the file (TIFF)
+        data = decode_for_preview(data, analyzer)
     try:
         result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score)
     except (ImageError, HTTPException):
@@ -86,6 +90,8 @@ def analyze() -> Response:
         raise
     elapsed_ms = (time.perf_counter() - start) * 1000
     body = result.to_dict()
+    if preview:
+        body["preview"] = preview_data_url(data)
     threshold = getattr(analyzer, "uncertain_below", None)
     if threshold is not None:
         body["uncertain_below"] = float(threshold)  # a face is `uncertain` when its top score is under this

@@ -54,6 +54,10 @@ SCHEMAS: dict[str, Any] = {
             "uncertain_below": {"type": "number", "minimum": 0, "maximum": 1,
                                 "description": "The model's threshold: a face whose top score is under this is "
                                                "`uncertain`."},
+            "preview": {"type": "string", "pattern": "^data:image/jpeg;base64,",
+                        "description": "With preview=1: the photo as analysed (upright, longer side at most "
+                                       "2048 px) as a JPEG data URL, for clients that cannot show the format sent "
+                                       "(a browser and a TIFF)."},
         },
     },
     "Face": {
@@ -179,6 +183,10 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                "description": "1: add a heatmap per face (slower). Also true/false, yes/no, on/off, any case; "
                               "empty means 0.",
                "schema": EXPLAIN_SCHEMA | {"default": "0"}}
+    preview = {"name": "preview", "in": "query", "required": False,
+               "description": "1: add `preview`, the photo as analysed as a JPEG data URL (for formats a browser "
+                              "cannot show, such as TIFF). Same words as `explain`.",
+               "schema": EXPLAIN_SCHEMA | {"default": "0"}}
     floor = app.config.get("MOODLENS_MIN_FACE_SCORE", 0.5)
     min_score = {"name": "min_face_score", "in": "query", "required": False,
                  "description": f"Leave out faces the detector scored under this (0..1). Default {floor}; values "
@@ -214,7 +222,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "description": "Send one photo (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF, HEIC) as the multipart "
                                    "field `image`, or as the raw body with an image/* Content-Type. Options go in the "
                                    "query string (or, with multipart, as form fields).\n\n" + CURL_EXAMPLES,
-                    "parameters": [classes, explain, min_score],
+                    "parameters": [classes, explain, preview, min_score],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -227,6 +235,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                                                   "description": "The photo, one file."},
                                         "classes": CLASSES_SCHEMA,
                                         "explain": EXPLAIN_SCHEMA,
+                                        "preview": EXPLAIN_SCHEMA,
                                         "min_face_score": {"type": "string"},
                                     },
                                 },

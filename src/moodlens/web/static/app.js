@@ -33,6 +33,7 @@
     const params = new URLSearchParams();
     if (options.classes) params.set("classes", options.classes);
     if (options.explain) params.set("explain", "1");
+    if (options.preview) params.set("preview", "1"); // the picture back as a JPEG, for a file the page cannot show
     const init = { method: "POST", signal: signal };
     if (options.raw) {
       init.body = image;

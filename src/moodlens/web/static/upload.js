@@ -76,15 +76,11 @@
     const resultCell = M.el("td", "row-result", "Waiting…");
     row.append(thumbCell, nameCell, countCell, resultCell);
 
-    const item = { file, name, url, img, article, overlay, status, actions, faces, row, countCell, resultCell,
-      open, result: null, state: "queued", pending: 0, explained: false, shown: true };
+    // shown: whether the browser can show the picture (null until tried); when it cannot (TIFF, HEIC outside
+    // Safari), the server's preview of it takes its place
+    const item = { file, name, url, img, thumb, stage, asImage, article, overlay, status, actions, faces, row,
+      countCell, resultCell, open, result: null, state: "queued", pending: 0, explained: false, shown: null };
     setState(item, "queued");
-    img.addEventListener("error", function () {
-      item.shown = false;
-      asImage.hidden = true;
-      stage.replaceChildren(M.el("p", "status", "Your browser cannot show this file; the results are below."));
-      stage.classList.add("no-preview");
-    });
     asJSON.addEventListener("click", function () {
       M.downloadJSON(M.exportResult(item.name, item.result), M.stem(item.name) + ".moodlens.json");
     });
@@ -130,6 +126,46 @@
     }
   }
 
+  /* Whether the browser can show this <img>: it has loaded, or it fails to. (Not img.decode(): Chromium
+     sometimes rejects it for a picture it then shows.) */
+  function showable(img) {
+    return img.complete ? Promise.resolve(img.naturalWidth > 0) : loads(img);
+  }
+
+  /* Whether the next picture `img` gets loads (listen before setting its src: a new <img> is "complete"). */
+  function loads(img) {
+    return new Promise(function (resolve) {
+      img.addEventListener("load", function () { resolve(img.naturalWidth > 0); }, { once: true });
+      img.addEventListener("error", function () { resolve(false); }, { once: true });
+    });
+  }
+
+  /* Show the server's preview (a JPEG data URL) instead of a file the browser could not show: a new <img>,
+     listened to before its src is set, so its load is never missed. */
+  async function usePreview(item, dataURL) {
+    const bytes = Uint8Array.from(atob(dataURL.slice(dataURL.indexOf(",") + 1)), function (c) {
+      return c.charCodeAt(0);
+    });
+    URL.revokeObjectURL(item.url);
+    item.url = URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
+    const img = M.el("img");
+    img.alt = item.img.alt;
+    const loaded = loads(img);
+    img.src = item.url;
+    item.thumb.src = item.url;
+    item.img.replaceWith(img);
+    item.img = img;
+    item.shown = await loaded;
+  }
+
+  /* No picture to draw on: say so where it would be (the results, if any, are beside it). */
+  function noPicture(item, text) {
+    item.asImage.hidden = true;
+    item.thumb.hidden = true;
+    item.stage.replaceChildren(M.el("p", "status", text));
+    item.stage.classList.add("no-preview");
+  }
+
   function fail(item, text) {
     item.result = null;
     setState(item, "error");
@@ -150,10 +186,12 @@
     item.status.textContent = "Analysing…";
     item.resultCell.textContent = "Analysing…";
     try {
+      if (item.shown === null) item.shown = await showable(item.img);
       for (let attempt = 0; attempt < 5; attempt++) {
         let res;
         try {
-          res = await M.analyze(item.file, { classes: classes.value, explain: heatmap.checked });
+          res = await M.analyze(item.file, { classes: classes.value, explain: heatmap.checked,
+            preview: !item.shown });
         } catch (e) {
           fail(item, "Could not reach the server (" + e.message + ").");
           return;
@@ -163,9 +201,13 @@
           continue;
         }
         if (res.ok) {
-          if (item.shown) await item.img.decode().catch(function () { return null; }); // for the thumbnails
+          const preview = res.body.preview;
+          delete res.body.preview; // the downloads carry the results, not the picture
+          if (!item.shown && preview) await usePreview(item, preview);
+          if (!item.shown) noPicture(item, "Your browser cannot show this file; the results are beside it.");
           show(item, res);
         } else {
+          if (!item.shown) noPicture(item, "Your browser cannot show this file.");
           fail(item, M.problemText(res.body, res.status));
         }
         return;
