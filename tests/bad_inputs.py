@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 BOUNDARY = "moodlens-bad-input-7d1f"
 
@@ -127,6 +127,13 @@ def png_chunk_bomb(png: bytes, chunks: int = 5000) -> bytes:
     return png[:at] + png_chunk(b"IDAT", b"") * chunks + png[at:]
 
 
+def icc_profile(size: int) -> bytes:
+    """`size` bytes shaped like an ICC profile (header with its size and `acsp`), the rest noise: as big as a
+    printer's profile; PIL refuses to inflate an iCCP chunk past 1 MB."""
+    header = struct.pack(">I", size) + b"lcms" + b"\x04\x30\x00\x00" + b"mntrRGB XYZ " + b"\x00" * 12 + b"acsp"
+    return header + np.random.default_rng(3).bytes(size - len(header))
+
+
 def exif_rotated_jpeg(rgb: np.ndarray, orientation: int = 6) -> bytes:
     """`rgb` stored turned (as a phone does), with the EXIF tag saying how to turn it back upright."""
     stored = Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90)  # orientation 6: turn 90 cw to view
@@ -140,10 +147,12 @@ def animated_gif(rgb: np.ndarray, frames: int = 3) -> bytes:
     return save(ims[0], "GIF", save_all=True, append_images=ims[1:], duration=100, loop=0)
 
 
-def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDARY) -> tuple[bytes, str]:
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDARY,
+              encoding: str = "utf-8") -> tuple[bytes, str]:
     """A multipart/form-data body from (field, filename or None for a text field, content) and its Content-Type.
 
-    Filenames are written raw in UTF-8, as browsers do (not percent- or RFC 2231-encoded).
+    Filenames are written raw in `encoding`: UTF-8, as browsers do (not percent- or RFC 2231-encoded), or, say,
+    Latin-1, as an older client in a Latin-1 locale does.
     """
     out = io.BytesIO()
     for field, filename, content in parts:
@@ -151,7 +160,7 @@ def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDA
         disposition = f'form-data; name="{field}"'
         if filename is not None:
             disposition += f'; filename="{filename}"'
-        out.write(f"Content-Disposition: {disposition}\r\n".encode())
+        out.write(f"Content-Disposition: {disposition}\r\n".encode(encoding))
         if filename is not None:
             out.write(b"Content-Type: application/octet-stream\r\n")
         out.write(b"\r\n" + content + b"\r\n")
@@ -186,6 +195,10 @@ def image_cases() -> tuple[ImageCase, ...]:
     z = zlib.compressobj(9)
     over_limit_png = png_with_header(7000, 7000, z.compress(b"\x00" * 7001 * 8) + z.flush())  # 49 Mpx, under PIL's
     webp = save(Image.fromarray(rgb), "WEBP", quality=80)
+    bmp_negative = bytearray(save(Image.fromarray(rgb[:32, :32]), "BMP"))
+    bmp_negative[18:22] = struct.pack("<i", -32)  # PIL reads it unsigned: 4,294,967,264 pixels wide
+    big_text = PngImagePlugin.PngInfo()
+    big_text.add_text("comment", "moodlens " * 250_000, zip=True)  # 2.2 MB inflated, 69 kB stored
     c = ImageCase
     return (
         # not images at all
@@ -210,6 +223,8 @@ def image_cases() -> tuple[ImageCase, ...]:
         c("heic-coded-size-mismatch", "heic-coded-size-mismatch.heic", heic_with_extent(rgb[:48, :48], 64, 100000),
           422, "truncated-image", "TruncatedImageError"),
         c("png-bad-crc", "png-bad-crc.png", bytes(bad_crc), 415, "not-an-image", "NotAnImageError"),  # PIL: no PNG
+        c("bmp-negative-width", "bmp-negative-width.bmp", bytes(bmp_negative), 422, "truncated-image",
+          "TruncatedImageError"),  # was 413: PIL saw 4 billion pixels
         # too large (declared) or too small
         c("bomb-30000", "bomb-30000.png", decompression_bomb(), 413, "too-large", "ImageTooLargeError"),
         c("jpeg-20000", "jpeg-20000.jpg", jpeg_declaring(20000, 20000, small_jpg), 413, "too-large",
@@ -240,6 +255,11 @@ def image_cases() -> tuple[ImageCase, ...]:
         c("jpeg-trailing-junk", "jpeg-trailing-junk.jpg", jpg + b"PK\x03\x04" + b"\x00" * 300, 200, None, None,
           (192, 192)),
         c("png-named-jpg", "png-named-jpg.jpg", png, 200, None, None, (192, 192)),
+        # metadata PIL refuses to inflate past 1 MB (was 415): the pixels do not need it
+        c("png-icc-1mb", "png-icc-1mb.png", save(Image.fromarray(rgb), "PNG", icc_profile=icc_profile(1_100_000)),
+          200, None, None, (192, 192)),
+        c("png-text-2mb", "png-text-2mb.png", save(Image.fromarray(rgb), "PNG", pnginfo=big_text), 200, None, None,
+          (192, 192)),
         c("tall-thin", "tall-thin.png", save(Image.new("RGB", (16, 20000), (120, 90, 60)), "PNG"), 200, None, None,
           (16, 20000)),
         c("tiny-16", "tiny-16.png", save(Image.new("RGB", (16, 16), (120, 90, 60)), "PNG"), 200, None, None,
@@ -281,6 +301,7 @@ def request_cases() -> tuple[RequestCase, ...]:
         ("several-files", [("image", "a.png", good), ("image", "b.png", good)], 400, "several-images"),
         ("several-files-one-empty", [("image", "a.png", good), ("image", "b.png", b"")], 400, "several-images"),
         ("unicode-filename", [("image", "фото 😀 写真 é.jpg", good)], 200, None),
+        ("latin1-filename", [("image", "café déjà vu.jpg", good)], 200, None),  # sent as Latin-1, below
         ("long-filename", [("image", "x" * 20000 + ".jpg", good)], 200, None),
         ("traversal-filename", [("image", "../../../../etc/cron.d/x.jpg", good)], 200, None),
         ("nul-in-filename", [("image", "a\x00b.jpg", good)], 200, None),
@@ -289,7 +310,7 @@ def request_cases() -> tuple[RequestCase, ...]:
         ("unicode-option-field", [("image", "a.png", good), ("explain", None, "да".encode())], 400, "bad-option"),
         ("many-parts", [("image", "a.png", good)] + [(f"f{i}", None, b"x") for i in range(40)], 413, "too-large"),
     ]:
-        body, ctype = multipart(parts)
+        body, ctype = multipart(parts, encoding="latin-1" if name.startswith("latin1") else "utf-8")
         cases.append(r(name, body, ctype, status, slug))
     return tuple(cases)
 

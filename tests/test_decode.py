@@ -169,6 +169,48 @@ def test_not_an_image(data):
     assert str(info.value) and info.value.status == 415
 
 
+def test_corrupt_files_say_so_in_words_and_keep_the_decoders_text_as_the_cause(astronaut_jpeg_bytes):
+    """One sentence for every cut-short or corrupt file; what Pillow said is the exception's __cause__ (for the
+    server log), never its message."""
+    from moodlens.engine.decode import CORRUPT
+
+    with pytest.raises(TruncatedImageError) as info:
+        decode_image(astronaut_jpeg_bytes[: len(astronaut_jpeg_bytes) // 2])
+    assert str(info.value) == CORRUPT and "(" not in str(info.value)
+    assert "truncated" in str(info.value.__cause__)  # Pillow's "image file is truncated (...)"
+
+
+@pytest.mark.parametrize("width, height", [(-32, 32), (-32, -32), (0, 32), (32, 0)])
+def test_bmp_with_a_non_positive_size_is_corrupt_not_too_large(small, width, height):
+    data = bytearray(encode(small[:32, :32], "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)
+    with pytest.raises(TruncatedImageError):
+        decode_image(bytes(data))
+
+
+def test_bmp_stored_top_down_decodes(small):
+    """A negative height is valid: rows stored top-down."""
+    data = bytearray(encode(small[:32, :32], "BMP"))
+    data[22:26] = struct.pack("<i", -32)
+    assert decode_image(bytes(data)).shape == (32, 32, 3)
+
+
+def test_png_with_a_big_icc_profile_or_text_decodes(small):
+    """PIL refuses to inflate an ICC profile or text chunk past 1 MB (it raised ValueError: a 415); the pixels do
+    not need them, so they are dropped and the image decodes the same."""
+    from PIL import Image, PngImagePlugin
+
+    plain = decode_image(encode(small, "PNG"))
+    buf = io.BytesIO()
+    Image.fromarray(small).save(buf, "PNG", icc_profile=np.random.default_rng(0).bytes(1_100_000))
+    assert np.array_equal(decode_image(buf.getvalue()), plain)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 2_000_000, zip=True)
+    buf = io.BytesIO()
+    Image.fromarray(small).save(buf, "PNG", pnginfo=info)
+    assert np.array_equal(decode_image(buf.getvalue()), plain)
+
+
 def test_too_small():
     decode_image(np.zeros((16, 16, 3), np.uint8))  # the smallest size allowed
     with pytest.raises(ImageTooSmallError, match="16x16"):

@@ -32,6 +32,36 @@ def client():
     return create_app({"MOODLENS_RATE_LIMIT": 0}).test_client()
 
 
+#: Words of the decoders (Pillow, libheif, zlib) that must never reach a user: each failure kind has its own
+#: message in plain words, and what the decoder said goes to the server log only
+DECODER_WORDS = ("cannot identify", "image file is truncated", "bytes not processed", "decompression bomb",
+                 "DOS attack", "Security limit", "libheif", "MAX_TEXT_CHUNK", "broken data stream", "PIL", "Pillow",
+                 "zlib", "cv2", "Traceback")
+
+
+def decoder_says(data: bytes) -> str | None:
+    """What Pillow itself says when it opens and loads `data` (None: it does not complain)."""
+    import io
+
+    from PIL import Image
+
+    import moodlens.engine.decode  # noqa: F401  (the HEIF plugin)
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
+def assert_plain_words(message: str, data: bytes) -> None:
+    """`message` (an API detail, a CLI or batch error) carries none of the decoder's own text."""
+    said = decoder_says(data)
+    assert not said or said not in message, (message, said)
+    assert not [w for w in DECODER_WORDS if w.lower() in message.lower()], message
+
+
 def check_answer(case, status: int, content_type: str, body: bytes) -> dict:
     """The answer `case` must get: its status, and a complete problem+json for a 4xx (JSON result for a 200)."""
     assert status == case.status, (case.name, status, body[:300])
@@ -47,7 +77,24 @@ def check_answer(case, status: int, content_type: str, body: bytes) -> dict:
         assert PROBLEM_KEYS <= set(doc) and doc["status"] == status and doc["detail"], doc
         assert doc["type"] == f"/api#{case.slug}", (case.name, doc)
         assert "Traceback" not in doc["detail"] and 'File "' not in doc["detail"]
+        assert not [w for w in DECODER_WORDS if w.lower() in doc["detail"].lower()], doc["detail"]
     return doc
+
+
+BAD_IMAGES = [c for c in image_cases() if not c.ok]
+
+
+def test_each_failure_kind_has_one_message_in_plain_words(client):
+    """Issue 12: a corrupt file says so in words, not in the decoder's ("(image file is truncated (3 bytes not
+    processed))"); every corrupt or cut-short file gets the same sentence, every non-image the same one."""
+    details: dict[str, set[str]] = {}
+    for case in BAD_IMAGES:
+        resp = client.post("/api/v1/analyze", data=case.data, content_type="image/jpeg")
+        detail = resp.get_json(force=True)["detail"]
+        assert_plain_words(detail, case.data)
+        details.setdefault(case.slug, set()).add(detail)
+    assert len(details["truncated-image"]) == 1 and len(details["not-an-image"]) == 1, details
+    assert len(details["image-too-small"]) <= 2 and len(details["too-large"]) <= 4  # sizes in numbers, no more
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -159,6 +206,7 @@ def test_cli_analyze_reports_each_bad_file_and_completes(corpus, workers):
         if case.error:
             assert r["error"] and r["error"].split(":")[0] == case.error, (name, r["error"])
             assert r["faces"] == [] and "\n" not in r["error"]
+            assert_plain_words(r["error"], case.data)
         else:
             assert r["error"] is None, (name, r["error"])
 
@@ -179,6 +227,7 @@ def test_batch_gives_an_error_row_per_bad_image(corpus, tmp_path):
     for name in bad:
         (row,) = by_name[name]
         assert row["error"].split(":")[0] == cases[name].error and row["face_index"] is None, (name, row)
+        assert_plain_words(row["error"], cases[name].data)
     for name in set(cases) - bad:
         assert all(r["error"] is None for r in by_name[name]), name
     assert summary.images == len(cases) and summary.errors == len(bad)

@@ -154,21 +154,43 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
                                  f"{MIN_SIDE}x{MIN_SIDE} to hold a face")
 
 
+# One message per kind of failure, in plain words. What the decoder said stays on the exception's __cause__
+# (the server logs it); it never reaches a user: it is the parser's wording, not advice.
+NOT_AN_IMAGE = "the data is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF, HEIC)"
+CORRUPT = "the image file is cut short or corrupt, so it cannot be decoded"
+
+
+def _too_many_pixels(max_pixels: int) -> str:
+    return f"the image declares more pixels than can be decoded (the limit is {max_pixels:,})"
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """`Image.open` (the header only), every failure typed. PIL's own (process-wide) bomb guard stays as a
+    backstop; we leave the global Image.MAX_IMAGE_PIXELS alone: other code in the process shares it."""
+    _check_bmp_header(data)
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except ValueError as exc:
+        # PIL refuses a PNG whose ICC profile or compressed text inflates past 1 MB (its guard against zlib
+        # bombs in metadata); the pixels do not need them
+        stripped = _png_without_metadata(data)
+        if stripped is None:
+            raise NotAnImageError(NOT_AN_IMAGE) from exc
+        return _open(stripped, max_pixels)  # (it has none left to strip: no second retry)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(_too_many_pixels(max_pixels)) from exc
+    except (UnidentifiedImageError, TypeError) as exc:
+        raise NotAnImageError(NOT_AN_IMAGE) from exc
+    except (OSError, SyntaxError, EOFError, RuntimeError) as exc:  # a known format whose header is broken
+        # (RuntimeError: libheif's errors, through pi-heif)
+        raise TruncatedImageError(CORRUPT) from exc
+
+
 def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Pixels (reduced for a large JPEG when `work_side` is given) and the full upright size (width, height)."""
-    # Image.open reads only the header; PIL's own (process-wide) bomb guard stays as a backstop, and our
-    # per-call limit is checked on the declared size before any pixel is decoded. We leave the global
-    # Image.MAX_IMAGE_PIXELS alone: other code in the process (training, other analyzers) shares it.
-    try:
-        im = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
-    except (UnidentifiedImageError, ValueError, TypeError) as exc:
-        raise NotAnImageError("the data is not an image in a supported format "
-                              "(JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF, HEIC)") from exc
-    except (OSError, SyntaxError, EOFError, RuntimeError) as exc:  # a known format whose header is broken
-        # (RuntimeError: libheif's errors, through pi-heif; their messages end with a newline)
-        raise TruncatedImageError(f"the image header is corrupt ({' '.join(str(exc).split())})") from exc
+    # Image.open reads only the header; our per-call limit is checked on the declared size before any pixel
+    # is decoded.
+    im = _open(data, max_pixels)
     with im:
         _check_size(im.width, im.height, max_pixels)
         _check_work(data, im.format)
@@ -186,14 +208,13 @@ def _from_bytes(data: bytes, max_pixels: int, work_side: int | None = None) -> t
             im.seek(0)  # first frame of an animation
             im.load()
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"the image declares too many pixels ({exc})") from None
+            raise ImageTooLargeError(_too_many_pixels(max_pixels)) from exc
         except (OSError, SyntaxError, EOFError, ValueError, IndexError, RuntimeError) as exc:
             # pi-heif raises RuntimeError for libheif's errors, e.g. a HEIC whose coded size (before its
             # clean-aperture crop, so not in the header) is over libheif's own pixel limit
-            detail = " ".join(str(exc).split())  # libheif's messages end with a newline
-            if isinstance(exc, RuntimeError) and "Security limit exceeded" in detail:
-                raise ImageTooLargeError(f"the image is too large to decode ({detail})") from exc
-            raise TruncatedImageError(f"the image data is truncated or corrupt ({detail})") from exc
+            if isinstance(exc, RuntimeError) and "Security limit exceeded" in str(exc):
+                raise ImageTooLargeError(_too_many_pixels(max_pixels)) from exc
+            raise TruncatedImageError(CORRUPT) from exc
         reduced_size = im.size
         im = _upright(im)
         if im.size != reduced_size:  # EXIF turned it a quarter
@@ -222,6 +243,45 @@ def _check_work(data: bytes, fmt: str | None) -> None:
                     raise ImageTooComplexError(f"the PNG has over {MAX_PNG_SMALL_CHUNKS:,} metadata or tiny data "
                                                "chunks: refused as too costly to decode")
             pos += 12 + length
+
+
+def _check_bmp_header(data: bytes) -> None:
+    """A BMP whose width is not positive is corrupt (TruncatedImageError). PIL reads the signed field unsigned,
+    so a width of -32 became 4,294,967,264 and a 413 "too large"; a negative height is valid (top-down rows)."""
+    if data[:2] != b"BM" or len(data) < 26:
+        return
+    header_size = struct.unpack_from("<I", data, 14)[0]
+    if header_size >= 40:  # BITMAPINFOHEADER and later: signed 32-bit width and height
+        width, height = struct.unpack_from("<ii", data, 18)
+    elif header_size == 12:  # the OS/2 core header: unsigned 16-bit
+        width, height = struct.unpack_from("<HH", data, 18)
+    else:
+        return  # PIL refuses it itself
+    if width <= 0 or height in (0, -2**31):
+        raise TruncatedImageError(CORRUPT)
+
+
+#: PNG chunks PIL inflates or keeps that the pixels never need (eXIf stays: it holds the orientation)
+_PNG_METADATA = {b"iCCP", b"zTXt", b"iTXt", b"tEXt"}
+
+
+def _png_without_metadata(data: bytes) -> bytes | None:
+    """The PNG `data` without its ICC profile and text chunks; None if it is not a PNG or has none."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    kept, pos, dropped = [data[:8]], 8, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if kind in _PNG_METADATA:
+            dropped = True
+        else:
+            kept.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    kept.append(data[pos:])
+    return b"".join(kept) if dropped else None
 
 
 def _heif_coded_size(data: bytes) -> tuple[int, int] | None:

@@ -116,6 +116,9 @@ def init_app(app: Flask) -> None:
     def _image_error(exc: ImageError):
         slug = next((s for cls, s in _IMAGE_ERRORS if isinstance(exc, cls)), "unusable-image")
         status = int(getattr(exc, "status", 422))
+        if exc.__cause__ is not None:  # the decoder's own words: for the server log, never for the client
+            log.info("%s on %s %s: %s: %s", slug, request.method, request.path, type(exc.__cause__).__name__,
+                     " ".join(str(exc.__cause__).split())[:300])
         return _answer(status, slug, str(exc) or PROBLEM_TYPES[slug][1])
 
     @app.errorhandler(HTTPException)

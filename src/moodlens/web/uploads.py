@@ -8,18 +8,95 @@ from typing import IO, Any
 
 from flask import Flask, Request, current_app, request
 from werkzeug.exceptions import BadRequest, RequestTimeout
+from werkzeug.formparser import FormDataParser
 
 from moodlens.web.problems import ApiProblem
 
 FIELD = "image"
 
 
+#: How much of a multipart body is looked at for part headers that are not UTF-8 (the photo's own part comes
+#: first, or after a few short text fields).
+PEEK_BYTES = 64 * 1024
+
+
+class _FormParser(FormDataParser):
+    """Werkzeug's form parser, but a multipart body whose part headers are not UTF-8 is still read.
+
+    Werkzeug decodes each part's headers as strict UTF-8 and, when that fails, quietly drops the whole form, so
+    a file name in Latin-1 (an older client, a shell in a Latin-1 locale: `caf\xe9.jpg`) got 400 missing-image.
+    Such headers are read as Latin-1 instead (which decodes any bytes; it is also HTTP's historical header
+    charset). Only the first PEEK_BYTES are looked at, and a body is read whole (it is bounded by
+    MAX_CONTENT_LENGTH) only when one of them needs it: other bodies stream through as before.
+    """
+
+    def _parse_multipart(self, stream: IO[bytes], mimetype: str, content_length: int | None,
+                         options: dict[str, str]) -> Any:
+        boundary = options.get("boundary", "").encode("utf-8", "replace")
+        head = _read_up_to(stream, PEEK_BYTES)
+        fixed = latin1_part_headers(head, boundary) if boundary else head
+        if fixed is head:
+            return super()._parse_multipart(_Prefixed(head, stream), mimetype, content_length, options)
+        body = latin1_part_headers(head + stream.read(), boundary)
+        return super()._parse_multipart(BytesIO(body), mimetype, content_length, options)
+
+
+def latin1_part_headers(body: bytes, boundary: bytes) -> bytes:
+    """`body` (multipart) with each part's header block that is not UTF-8 re-encoded from Latin-1 to UTF-8;
+    `body` itself (the same object) when every complete header block in it is UTF-8 already."""
+    delimiter = b"--" + boundary
+    pieces = body.split(delimiter)
+    changed = False
+    for i in range(1, len(pieces)):
+        end = pieces[i].find(b"\r\n\r\n")
+        head = pieces[i][:end]
+        if end < 0 or head.isascii():
+            continue
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            pieces[i] = head.decode("latin-1").encode("utf-8") + pieces[i][end:]
+            changed = True
+    return delimiter.join(pieces) if changed else body
+
+
+def _read_up_to(stream: IO[bytes], n: int) -> bytes:
+    """Up to `n` bytes of `stream` (fewer only at its end): one read may return less."""
+    parts, got = [], 0
+    while got < n:
+        chunk = stream.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class _Prefixed:
+    """`head`, then the rest of `stream`: all that Werkzeug's multipart parser calls is `read(size)`."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self._head, self._stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if size is None or size < 0:
+            out, self._head = self._head + self._stream.read(), b""
+            return out
+        out, self._head = self._head[:size], self._head[size:]
+        return out
+
+
 class InMemoryRequest(Request):
     """A request whose multipart file parts are kept in `BytesIO`, never spooled to a temporary file.
 
     Werkzeug's default spools parts over 500 kB to disk. The body is bounded by MAX_CONTENT_LENGTH (checked
-    before anything is read), so memory use per request is bounded too.
+    before anything is read), so memory use per request is bounded too. Part headers that are not UTF-8 are
+    read as Latin-1 (`_FormParser`).
     """
+
+    form_data_parser_class = _FormParser
 
     def _get_file_stream(
         self,
