@@ -5,7 +5,9 @@ Chromium on its fake camera (a Y4M video this script writes), every /api/v1/anal
 
 Scenes (640x480 camera, the page sends 640 px JPEGs at quality 0.8): `near`, the astronaut's face at arm's
 length (~180 px wide: BlazeFace alone); `far`, two heads of ~45 px, as faces 2-3 m from a laptop camera
-(the detector's YuNet path). Prints the CPU, the load, the frames sent (size, bytes), the round trips per
+(the detector's YuNet path on a whole frame). Between whole frames the page sends only the region around the
+tracked faces (engine/track.py's RegionSearch). Prints the CPU, the load, the frames sent (whole frames: their
+share, size and bytes; regions: median size), the round trips per
 second (timed in the page) and the page's own fps figure, the CPU time per frame of the server and of Chromium
 (what the round trip costs, whatever else runs on the machine), and the ids the page showed. Needs Chromium
 (/usr/bin/chromium), playwright and scikit-image.
@@ -168,10 +170,16 @@ def measure(playwright, base: str, camera: Path, seconds: float, server: int) ->
     latency = [f["done"] - f["sent"] for f in frames]
     server_ms = [f["server"] for f in frames if f.get("server") is not None]
     n = max(1, len(frames))
+    whole = [f for f in frames if (f.get("w"), f.get("h")) == (WIDTH, HEIGHT)]
+    parts = [f for f in frames if f.get("w") and (f["w"], f["h"]) != (WIDTH, HEIGHT)]
     return {"fps": 1000 * len(frames) / (t1 - t0), "page": page_fps, "ids": sorted(ids, key=int),
+            "whole": len(whole) / n, "frame": whole[-1] if whole else None,
+            "region": (statistics.median(f["w"] for f in parts), statistics.median(f["h"] for f in parts),
+                       statistics.median(f["bytes"] for f in parts)) if parts else None,
+            "analyze_whole_ms": statistics.median(f["server"] for f in whole) if whole else np.nan,
+            "analyze_region_ms": statistics.median(f["server"] for f in parts) if parts else np.nan,
             "latency_ms": statistics.median(latency) if latency else np.nan,
             "analyze_ms": statistics.median(server_ms) if server_ms else np.nan,
-            "frame": frames[-1] if frames else None,
             "server_cpu_ms": 1000 * (cpu1[0] - cpu0[0]) / n, "browser_cpu_ms": 1000 * (cpu1[1] - cpu0[1]) / n}
 
 
@@ -195,7 +203,12 @@ def main() -> None:
             for kind in ["near", "far"] if args.scene == "both" else [args.scene]:
                 r = measure(p, base, write_y4m(Path(tmp) / f"{kind}.y4m", scene(kind)), args.seconds, proc.pid)
                 f = r["frame"] or {}
-                print(f"{kind:5s} frames sent {f.get('w')}x{f.get('h')} JPEG {f.get('bytes', 0) / 1024:.0f} KiB | "
+                part = r["region"]
+                regions = (f"regions {100 * (1 - r['whole']):.0f}% (median {part[0]:.0f}x{part[1]:.0f}, "
+                           f"{part[2] / 1024:.0f} KiB, analysis {r['analyze_region_ms']:.0f} ms)") if part \
+                    else "no regions"
+                print(f"{kind:5s} frames sent: whole {100 * r['whole']:.0f}% ({f.get('w')}x{f.get('h')} JPEG "
+                      f"{f.get('bytes', 0) / 1024:.0f} KiB, analysis {r['analyze_whole_ms']:.0f} ms), {regions} | "
                       f"round trip {r['fps']:.1f} frames/s (median request-to-answer {r['latency_ms']:.0f} ms, "
                       f"of which analysis {r['analyze_ms']:.0f} ms; "
                       f"the page shows {r['page']}) | CPU per frame: server {r['server_cpu_ms']:.1f} ms, "

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from moodlens.engine.track import FaceTracker, ScoreSmoother, iou
+from moodlens.engine.track import FaceTracker, RegionSearch, ScoreSmoother, iou
 from moodlens.engine.video import AnnotatedVideo, Timeline, analyze_video, timeline_csv
 
 pytest.importorskip("skimage")
@@ -283,3 +283,84 @@ def test_an_annotated_video_through_a_linked_sub_folder_is_refused(analyzer, cro
     with pytest.raises(UnsafeOutputError, match="symlink"):
         analyze_video(analyzer, crossing, annotate=tmp_path / "out" / "sub" / "clip.mp4", root=tmp_path / "out")
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+# ------------------------------------------------------------------------------------------------ region search
+
+
+def test_region_search_asks_for_the_whole_frame_when_it_must():
+    tracker, regions = FaceTracker(), RegionSearch(full_every=4)
+    assert regions.region(tracker.tracks, 640, 480) is None  # nothing tracked yet
+    tracker.update([(300, 200, 50, 50)])
+    got = [regions.region(tracker.tracks, 640, 480) for _ in range(5)]
+    assert got[:3] == [(250, 150, 150, 150)] * 3  # one face size on every side (the face does not move)
+    assert got[3] is None and got[4] == (250, 150, 150, 150)  # the 4th frame since the last whole one
+    tracker.update([])
+    assert regions.region(tracker.tracks, 640, 480) is None  # a face was missed: it may have left its region
+    tracker.update([(300, 200, 50, 50)])
+    regions.region(tracker.tracks, 640, 480)
+    tracker.update([(300, 200, 50, 50), (20, 20, 200, 200)])
+    assert regions.region(tracker.tracks, 640, 480) is None  # the region would cover more than half the frame
+
+
+def test_region_search_follows_the_motion_and_stays_in_the_frame():
+    tracker, regions = FaceTracker(), RegionSearch()
+    tracker.update([(600, 10, 20, 20)])
+    tracker.update([(610, 12, 20, 20)])  # 10 px a frame to the right
+    x, y, w, h = regions.region(tracker.tracks, 640, 480)
+    assert (x + w, y) == (640, 0) and x <= 620 - 20  # clipped by the frame's edges, ahead of the motion
+    assert (w, h) == (96, 96)  # widened to MIN_REGION where the frame allows it
+
+
+@pytest.fixture(scope="module")
+def arriving(tmp_path_factory) -> Path:
+    """Heads of 96 px (faces of ~45 px, as 2-3 m from a webcam): one walks slowly to the right, a second
+    appears beside its path at frame 8."""
+    face = head(96)
+    frames = []
+    for i in range(24):
+        canvas = np.empty((H, W, 3), np.uint8)
+        canvas[:] = WALL
+        x = 40 + 6 * i
+        canvas[100:196, x:x + 96] = face
+        if i >= 8:
+            canvas[90:186, 340:436] = face
+        frames.append(canvas)
+    return write_video(tmp_path_factory.mktemp("video") / "arriving.mp4", frames)
+
+
+class ShapeLog:
+    """The real analyzer, noting the size of every picture it is given."""
+
+    def __init__(self, analyzer):
+        self.analyzer, self.shapes = analyzer, []
+        self.classes, self.uncertain_below = analyzer.classes, analyzer.uncertain_below
+
+    def analyze(self, rgb, **options):
+        self.shapes.append(rgb.shape[:2])
+        return self.analyzer.analyze(rgb, **options)
+
+
+def test_tracked_search_finds_the_same_faces_in_regions(analyzer, arriving):
+    log = ShapeLog(analyzer)
+    tracked = analyze_video(log, arriving, search="tracked", smooth=False)
+    full = analyze_video(analyzer, arriving, smooth=False)
+    whole = [s == (H, W) for s in log.shapes]
+    assert whole == [i % 10 == 0 for i in range(24)]  # the rest: regions around the tracked faces
+    assert max(h * w for h, w in log.shapes if (h, w) != (H, W)) < 0.4 * H * W
+    rows = {}
+    for r in tracked.rows:
+        rows.setdefault(r["frame"], {})[r["face_id"]] = r
+    assert set(tracked.faces_seen) == {1, 2} and tracked.faces_seen[1] == 24  # the walker: one id, every frame
+    first_seen_2 = min(f for f, faces in rows.items() if 2 in faces)
+    assert 8 <= first_seen_2 <= 8 + RegionSearch().full_every  # the newcomer waits for the next whole frame
+    assert all(2 in rows[f] for f in range(first_seen_2, 24))
+    by_frame = {(r["frame"], round(r["box_x"] / 20)): r for r in full.rows}
+    for f, faces in rows.items():  # a face found in a region is where the whole-frame search puts it
+        for r in faces.values():
+            match = by_frame.get((f, round(r["box_x"] / 20))) or by_frame.get((f, round(r["box_x"] / 20) + 1)) \
+                or by_frame.get((f, round(r["box_x"] / 20) - 1))
+            assert match is not None and abs(match["box_x"] - r["box_x"]) < 4 and abs(match["box_y"] - r["box_y"]) < 4
+            assert match["expression"] == r["expression"] and match["quality"] == r["quality"]
+    with pytest.raises(ValueError, match="search"):
+        analyze_video(analyzer, arriving, search="everywhere")

@@ -548,8 +548,9 @@ RECORD_FRAMES = """(() => {
 
 
 def test_webcam_sends_large_frames_and_keeps_each_face_number(server, browser):
-    """Frames of 640 px (320 px before: faces 2-3 m away were too small to read), and the face keeps its
-    number from frame to frame (the page's tracker), shown on its label and in the list."""
+    """Frames of 640 px (320 px before: faces 2-3 m away were too small to read), regions of them around the
+    tracked face in between, and the face keeps its number from frame to frame (the page's tracker), shown on
+    its label and in the list."""
     page, errors = open_page(browser, "about:blank", DESKTOP)
     page.add_init_script(RECORD_FRAMES)
     page.goto(server + "/webcam")
@@ -564,9 +565,11 @@ def test_webcam_sends_large_frames_and_keeps_each_face_number(server, browser):
     item = page.locator("#cam-faces .face-name").first.inner_text()
     frames = [f for f in page.evaluate("window.__frames") if "w" in f]
     page.click("#stop")
-    # the fake camera films 640x480: sent as it is (the long side's cap is 640), as a JPEG
-    assert {(f["w"], f["h"], f["type"]) for f in frames} == {(640, 480, "image/jpeg")}
-    assert all(f["bytes"] > 10_000 for f in frames)
+    # the fake camera films 640x480: sent as it is (the long side's cap is 640), as a JPEG; between whole frames
+    # only the region around the tracked face, at the same scale (engine/track.py's RegionSearch)
+    assert (frames[0]["w"], frames[0]["h"]) == (640, 480) and {f["type"] for f in frames} == {"image/jpeg"}
+    assert all(f["w"] <= 640 and f["h"] <= 480 for f in frames) and any(f["w"] < 640 for f in frames)
+    assert all(f["bytes"] > 10_000 for f in frames if f["w"] == 640)
     assert numbers == {"1"} and label.startswith("1 ") and label_class(label) in CLASSES
     assert item.startswith("Face 1: ")
     assert errors == []

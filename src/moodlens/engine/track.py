@@ -1,4 +1,5 @@
-"""Faces across frames: a stable id per face (`FaceTracker`) and per-face smoothing of its scores (`ScoreSmoother`).
+"""Faces across frames: a stable id per face (`FaceTracker`), per-face smoothing of its scores (`ScoreSmoother`)
+and where to search the next frame (`RegionSearch`: around the tracked faces, the whole frame now and then).
 
 Tracking is greedy box matching between consecutive analyzed frames, kept deliberately simple:
 
@@ -171,3 +172,65 @@ class ScoreSmoother:
     def keep(self, ids: Iterable[int]) -> None:
         wanted = set(ids)
         self._state = {k: v for k, v in self._state.items() if k in wanted}
+
+
+DEFAULT_FULL_EVERY = 10  # at 20 frames/s a face that walks in is found within half a second
+DEFAULT_MARGIN = 1.0  # face sizes searched around each tracked face's predicted box, on every side
+DEFAULT_MAX_AREA = 0.5  # a region larger than this share of the frame saves too little: search it all
+MIN_REGION = 96  # px: the smallest region side (a far face of 20 px still gets some context)
+
+Region = tuple[int, int, int, int]  # x, y, w, h in frame pixels
+
+
+class RegionSearch:
+    """Which part of the next frame the detector should search: the whole frame, or only around tracked faces.
+
+    Searching a 640x480 frame whole costs YuNet's full pass when its faces are small (25-30 ms on one core,
+    more than a 20 frames/s budget leaves), while a region around a 50 px face, three times its size, is cheap
+    and its face fills enough of it for BlazeFace alone. So between whole-frame searches only the region around
+    the tracked faces is searched: `region(tracks, width, height)` returns that region, or None for the whole
+    frame, which it asks for when nothing is tracked, when a track was missed in the last frame (the face may
+    have moved out of its region), every `full_every` frames (faces that came into view), and when the region
+    would cover more than `max_area` of the frame. Faces found in a region keep their size in pixels (it is
+    cut, never scaled), so detection and the quality verdict see them as in the whole frame. The webcam page
+    does the same in the browser (`web/static/webcam.js`); `analyze_video(search="tracked")` here.
+    """
+
+    def __init__(self, full_every: int = DEFAULT_FULL_EVERY, margin: float = DEFAULT_MARGIN,
+                 max_area: float = DEFAULT_MAX_AREA):
+        if full_every < 1:
+            raise ValueError("full_every must be 1 or more")
+        self.full_every, self.margin, self.max_area = full_every, margin, max_area
+        self._since_full = 0
+
+    def region(self, tracks: Sequence[Track], width: int, height: int) -> Region | None:
+        """The region of the next frame to search (x, y, w, h, inside the frame), or None: the whole frame."""
+        self._since_full += 1
+        if not tracks or self._since_full >= self.full_every or any(t.missed for t in tracks):
+            self._since_full = 0
+            return None
+        x0, y0, x1, y1 = float(width), float(height), 0.0, 0.0
+        for t in tracks:
+            x, y, w, h = t.predicted()
+            pad = self.margin * max(w, h)
+            x0, y0 = min(x0, x - pad), min(y0, y - pad)
+            x1, y1 = max(x1, x + w + pad), max(y1, y + h + pad)
+        x0, x1 = _grow(x0, x1, width)
+        y0, y1 = _grow(y0, y1, height)
+        if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) > self.max_area * width * height:
+            self._since_full = 0
+            return None
+        return x0, y0, x1 - x0, y1 - y0
+
+
+def _grow(lo: float, hi: float, size: int) -> tuple[int, int]:
+    """[lo, hi) as whole pixels inside [0, size), widened to MIN_REGION where the frame allows."""
+    lo, hi = max(0, math.floor(lo)), min(size, math.ceil(hi))
+    if hi <= lo:  # the tracked faces are all predicted outside the frame
+        return lo, hi
+    short = MIN_REGION - (hi - lo)
+    if short > 0:
+        lo = max(0, lo - short // 2)
+        hi = min(size, lo + MIN_REGION)
+        lo = max(0, hi - MIN_REGION)
+    return lo, hi

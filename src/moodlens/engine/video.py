@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 
 from moodlens.engine.errors import NotAnImageError
+from moodlens.engine.result import FaceBox
 from moodlens.engine.safeio import csv_cell, printable, write_atomic
-from moodlens.engine.track import DEFAULT_ALPHA, FaceTracker, ScoreSmoother
+from moodlens.engine.track import DEFAULT_ALPHA, FaceTracker, RegionSearch, ScoreSmoother
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 #: Containers OpenCV's FFmpeg writer puts MPEG-4 Part 2 ("mp4v") in. The opencv-python wheels have no H.264
@@ -72,15 +73,23 @@ def frame_count(path: str | Path) -> int | None:
 def analyze_video(analyzer, path: str | Path, every: int = 1, progress: Callable[[int], None] | None = None,
                   smooth: bool = True, annotate: str | Path | None = None, root: str | Path | None = None,
                   min_face_score: float | None = None, tracker: FaceTracker | None = None,
-                  alpha: float = DEFAULT_ALPHA) -> Timeline:
+                  alpha: float = DEFAULT_ALPHA, search: str = "full",
+                  regions: RegionSearch | None = None) -> Timeline:
     """Analyze frames 0, N, 2N, ... of a video with `analyzer`. `progress(frames_read)` is called per frame read.
 
     Faces get ids from `tracker` (default: a new `FaceTracker()`); with `smooth`, each face's scores are an
     exponential moving average (`alpha`: the newest frame's weight). `annotate`: also write every frame, boxes
     and "id label score" drawn on it (the latest analyzed frame's faces on frames in between), to this new
-    file (`AnnotatedVideo`: never over an existing file; `root`: the folder it may create sub-folders in)."""
+    file (`AnnotatedVideo`: never over an existing file; `root`: the folder it may create sub-folders in).
+    `search`: "full" searches every analyzed frame whole; "tracked" searches only around the faces tracked so far,
+    and the whole frame every few frames (`regions`, default `RegionSearch()`): several times faster on frames
+    whose faces are small, a face coming into view is found a few frames later."""
     if every < 1:
         raise ValueError("`every` must be at least 1")
+    if search not in ("full", "tracked"):
+        raise ValueError(f"`search` must be 'full' or 'tracked', not {search!r}")
+    if search == "tracked" and regions is None:
+        regions = RegionSearch()
     if annotate is not None:
         check_new_output(annotate)  # before any frame is analyzed
     cap = cv2.VideoCapture(str(path))
@@ -103,7 +112,8 @@ def analyze_video(analyzer, path: str | Path, every: int = 1, progress: Callable
                 ok, bgr = cap.retrieve()
                 if ok and index % every == 0:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                    faces = _tracked_faces(analyzer, rgb, tracker, smoother, min_face_score)
+                    faces = _tracked_faces(analyzer, rgb, tracker, smoother, min_face_score,
+                                           regions if search == "tracked" else None)
                     rows.extend(_frame_rows(faces, index, fps, classes))
                     drawn = ([f for _, _, f in faces], [f"{i} {_label(f)}" for i, _, f in faces])
                     analyzed += 1
@@ -124,18 +134,31 @@ def analyze_video(analyzer, path: str | Path, every: int = 1, progress: Callable
 
 
 def _tracked_faces(analyzer, rgb: np.ndarray, tracker: FaceTracker, smoother: ScoreSmoother,
-                   min_face_score: float | None) -> list[tuple[int, int, object]]:
+                   min_face_score: float | None, regions: RegionSearch | None = None) -> list[tuple[int, int, object]]:
     """(face_id, face_index, face) per face of the frame, the face's scores smoothed, by face_index."""
-    result = analyzer.analyze(rgb, min_face_score=min_face_score)
-    ids = tracker.update(result.faces)
+    region = regions.region(tracker.tracks, rgb.shape[1], rgb.shape[0]) if regions is not None else None
+    if region is None:
+        found = analyzer.analyze(rgb, min_face_score=min_face_score).faces
+    else:
+        x, y, w, h = region
+        inside = analyzer.analyze(rgb[y:y + h, x:x + w], min_face_score=min_face_score).faces
+        found = [_shifted(f, x, y) for f in inside]
+    ids = tracker.update(found)
     smoother.keep(tracker.active_ids)
     out = []
-    for i, (face_id, face) in enumerate(zip(ids, result.faces, strict=True)):
+    for i, (face_id, face) in enumerate(zip(ids, found, strict=True)):
         scores = smoother.update(face_id, face.scores)
         top = max(scores, key=scores.__getitem__)
         out.append((face_id, i, replace(face, scores=scores, expression=top,
                                         uncertain=scores[top] < analyzer.uncertain_below)))
     return out
+
+
+def _shifted(face, dx: float, dy: float):
+    """A face found in a region at (dx, dy) of the frame, in the frame's pixels."""
+    b = face.box
+    return replace(face, box=FaceBox(b.x + dx, b.y + dy, b.w, b.h),
+                   keypoints=[(kx + dx, ky + dy) for kx, ky in face.keypoints])
 
 
 def _frame_rows(faces: list, index: int, fps: float, classes: tuple[str, ...]) -> list[dict]:

@@ -1,6 +1,7 @@
 /* moodlens webcam page: capture frames, send them (JPEG, up to 640 px on the long side) one at a time, draw faces
    on the video. Each face keeps its number from frame to frame (a tracker in this page, as the engine's
-   engine/track.py does for videos) and its scores are averaged over its last few frames. The preview is mirrored
+   engine/track.py does for videos) and its scores are averaged over its last few frames. Between whole frames
+   only the region around the tracked faces is sent (engine/track.py's RegionSearch). The preview is mirrored
    (CSS, like a mirror); the frames sent are not, and the boxes are drawn mirrored to match. */
 "use strict";
 (function () {
@@ -19,6 +20,18 @@
   const MAX_MISSED = 5;
   const MAX_JUMP = 1.0;
   const ALPHA = 0.4; // weight of the newest frame in each face's moving average of its scores
+  // region search (engine/track.py's RegionSearch, same rules and defaults): a whole 640x480 frame with faces
+  // 2-3 m away takes the server's slow detector path (25-30 ms of one core for the frame's small faces); the
+  // region around them, cut at its own pixels, is found by the fast one. The whole frame still goes every
+  // FULL_EVERY frames (faces that come into view), and whenever a tracked face was missed.
+  const FULL_EVERY = 10;
+  const MARGIN = 1.0; // face sizes around each tracked face's predicted box
+  const MAX_AREA = 0.5; // a region over this share of the frame: send the frame
+  const MIN_REGION = 96; // px
+  // the face list (thumbnails, a bar per class) is rebuilt at most this often unless its faces change: rebuilt
+  // for every frame it took the browser more CPU than the server's analysis (benchmarks/bench_webcam.py)
+  const LIST_EVERY_MS = 250;
+  const CATCH_UP = 3; // frames a late frame's successors may go early to keep the average at the cap
   const startBtn = document.getElementById("start");
   const stopBtn = document.getElementById("stop");
   const classes = document.getElementById("cam-classes");
@@ -32,6 +45,7 @@
   const note = document.getElementById("cam-uncertain-note");
   // one canvas per frame that can be on its way, and one more: a frame's thumbnails are cut from its own canvas
   const canvases = [0, 1, 2].map(function () { return document.createElement("canvas"); });
+  const regionCanvas = document.createElement("canvas"); // the part of a frame that is sent instead of all of it
 
   let stream = null;
   let session = 0; // bumped on every start and stop; a loop whose session is over ends
@@ -51,6 +65,7 @@
   function makeTracker() {
     let tracks = []; // {id, box, vx, vy, missed, hits, scores}
     let nextId = 1;
+    let sinceFull = 0;
 
     function predicted(t) {
       const k = t.missed + 1;
@@ -108,6 +123,45 @@
       return ids.map(function (id) { return byId.get(id); });
     }
 
+    /* [lo, hi) as whole pixels inside [0, size), widened to MIN_REGION where the frame allows. */
+    function grow(lo, hi, size) {
+      lo = Math.max(0, Math.floor(lo));
+      hi = Math.min(size, Math.ceil(hi));
+      if (hi <= lo) return [lo, hi];
+      const short = MIN_REGION - (hi - lo);
+      if (short > 0) {
+        lo = Math.max(0, lo - Math.floor(short / 2));
+        hi = Math.min(size, lo + MIN_REGION);
+        lo = Math.max(0, hi - MIN_REGION);
+      }
+      return [lo, hi];
+    }
+
+    /* The region [x, y, w, h] of the next frame (width x height) to send, or null for the whole frame. */
+    function region(width, height) {
+      sinceFull++;
+      if (!tracks.length || sinceFull >= FULL_EVERY || tracks.some(function (t) { return t.missed > 0; })) {
+        sinceFull = 0;
+        return null;
+      }
+      let x0 = width, y0 = height, x1 = 0, y1 = 0;
+      for (const t of tracks) {
+        const [x, y, w, h] = predicted(t);
+        const pad = MARGIN * Math.max(w, h);
+        x0 = Math.min(x0, x - pad);
+        y0 = Math.min(y0, y - pad);
+        x1 = Math.max(x1, x + w + pad);
+        y1 = Math.max(y1, y + h + pad);
+      }
+      [x0, x1] = grow(x0, x1, width);
+      [y0, y1] = grow(y0, y1, height);
+      if (x1 <= x0 || y1 <= y0 || (x1 - x0) * (y1 - y0) > MAX_AREA * width * height) {
+        sinceFull = 0;
+        return null;
+      }
+      return [x0, y0, x1 - x0, y1 - y0];
+    }
+
     /* The result with each face given its id (`id`) and its scores averaged over its recent frames (the
        expression and "uncertain" follow from the averaged scores). */
     function track(result) {
@@ -128,7 +182,7 @@
       return Object.assign({}, result, { faces: faces });
     }
 
-    return { track: track };
+    return { track: track, region: region };
   }
 
   function say(text, isError) {
@@ -159,25 +213,50 @@
     }
   }
 
-  /* The current video frame as a JPEG, drawn into `canvas` (which keeps it for the face thumbnails). */
-  function grab(canvas) {
+  /* The current video frame drawn into `canvas` (which keeps it for the face thumbnails), and as a JPEG: all of
+     it, or only the region the tracker asks for ({blob, region: [x, y, w, h] or null}). */
+  async function grab(canvas) {
     const w = video.videoWidth;
     const h = video.videoHeight;
     const scale = Math.min(1, LONG_SIDE / Math.max(w, h));
     canvas.width = Math.round(w * scale);
     canvas.height = Math.round(h * scale);
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-    return new Promise(function (resolve) { canvas.toBlob(resolve, "image/jpeg", QUALITY); });
+    const region = tracker.region(canvas.width, canvas.height);
+    let source = canvas;
+    if (region) {
+      regionCanvas.width = region[2];
+      regionCanvas.height = region[3];
+      regionCanvas.getContext("2d").drawImage(canvas, region[0], region[1], region[2], region[3],
+        0, 0, region[2], region[3]);
+      source = regionCanvas;
+    }
+    const blob = await new Promise(function (resolve) { source.toBlob(resolve, "image/jpeg", QUALITY); });
+    return { blob: blob, region: region };
   }
 
-  /* Frames go out at most every MIN_INTERVAL_MS, with up to IN_FLIGHT on their way at once: the next frame is
-     encoded and sent while the server reads the one before. An answer older than one already shown is
-     dropped, so the tracker sees frames in order. */
+  /* An answer for a region, in the whole frame's pixels (the region was cut at the frame's scale). */
+  function inFrame(body, region, canvas) {
+    if (!region) return body;
+    const [dx, dy] = region;
+    const faces = body.faces.map(function (f) {
+      return Object.assign({}, f, {
+        box: [f.box[0] + dx, f.box[1] + dy, f.box[2], f.box[3]],
+        keypoints: (f.keypoints || []).map(function (p) { return [p[0] + dx, p[1] + dy]; }),
+      });
+    });
+    return Object.assign({}, body, { width: canvas.width, height: canvas.height, faces: faces });
+  }
+
+  /* Frames go out at most every MIN_INTERVAL_MS on average (paced by a clock: a frame late by a slow answer lets
+     the next few go early), with up to IN_FLIGHT on their way at once. An answer older than one already shown
+     is dropped, so the tracker sees frames in order. */
   async function loop(id) {
-    const st = { last: performance.now(), fps: 0, seq: 0, shown: 0, pauseUntil: 0, pending: 0, wake: null };
-    let sent = 0;
+    const st = { last: performance.now(), fps: 0, seq: 0, shown: 0, pauseUntil: 0, pending: 0, wake: null,
+      listed: null, listedAt: 0 };
+    let due = 0;
     while (id === session) {
-      const wait = Math.max(sent + MIN_INTERVAL_MS, st.pauseUntil) - performance.now();
+      const wait = Math.max(due, st.pauseUntil) - performance.now();
       if (wait > 0) await sleep(wait);
       if (id !== session) break;
       if (st.pending >= IN_FLIGHT) {
@@ -188,12 +267,13 @@
         await sleep(50);
         continue;
       }
-      sent = performance.now();
+      const now = performance.now();
+      due = Math.max(due + MIN_INTERVAL_MS, now - CATCH_UP * MIN_INTERVAL_MS);
       const n = ++st.seq;
       const canvas = canvases[n % canvases.length];
       const frame = await grab(canvas);
       if (id !== session) break;
-      if (!frame) {
+      if (!frame.blob) {
         await sleep(100);
         continue;
       }
@@ -211,7 +291,7 @@
     controllers.add(controller);
     let res;
     try {
-      res = await M.analyze(frame, { classes: classes.value, raw: true }, controller.signal);
+      res = await M.analyze(frame.blob, { classes: classes.value, raw: true }, controller.signal);
     } catch (e) {
       if (id === session) {
         say("Lost the connection to the server; retrying…", true);
@@ -233,11 +313,16 @@
     }
     if (n < st.shown) return; // overtaken by a newer frame's answer
     st.shown = n;
-    const result = tracker.track(res.body);
+    const result = tracker.track(inFrame(res.body, frame.region, canvas));
     M.drawFaces(overlay, result, { mirror: true });
-    M.faceList(list, result, { image: canvas, mirror: true });
-    M.relink(overlay);
     const now = performance.now();
+    const ids = result.faces.map(function (f) { return f.id; }).join(" ");
+    if (ids !== st.listed || now - st.listedAt >= LIST_EVERY_MS) {
+      M.faceList(list, result, { image: canvas, mirror: true });
+      st.listed = ids;
+      st.listedAt = now;
+    }
+    M.relink(overlay);
     const inst = 1000 / Math.max(1, now - st.last);
     st.last = now;
     st.fps = st.fps ? 0.8 * st.fps + 0.2 * inst : inst;
