@@ -87,6 +87,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"not numbers: {text!r}", param_hint="--fuse-weights") from exc
+    if len(weights) != n:
+        raise click.BadParameter(f"{len(weights)} weights for {n} nets", param_hint="--fuse-weights")
+    return weights
+
+
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
@@ -105,15 +117,19 @@ def cpu_name() -> str:
               help="int8 weights (dynamic range): 4x smaller and faster; accuracy is measured after.")
 @click.option("--flip-tta/--no-flip-tta", default=False, show_default=True,
               help="Average each face's logits with its mirror image's (2x the compute).")
+@click.option("--fuse", "fuse_with", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Fuse another checkpoint into the same file (repeatable); each input shape is one input crop.")
+@click.option("--fuse-weights", help="Comma-separated weights, CHECKPOINT's first [default: equal].")
 def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, calibration, uncertain_below, quantize,
-                   flip_tta) -> None:
+                   flip_tta, fuse_with, fuse_weights) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
     from moodlens.training.export import export_model
 
     try:
         card, paths = export_model(checkpoint, classes, out, fer2013, ferplus, split, head=head,
                                    calibration=calibration, uncertain_below=uncertain_below, quantize=quantize,
-                                   flip_tta=flip_tta, machine=cpu_name())
+                                   flip_tta=flip_tta, machine=cpu_name(), fuse_with=fuse_with,
+                                   fuse_weights=parse_weights(fuse_weights, len(fuse_with) + 1))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")

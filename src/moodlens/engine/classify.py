@@ -1,4 +1,9 @@
-"""classify stage: 48x48 grayscale faces -> calibrated expression probabilities, in LiteRT.
+"""classify stage: aligned face crops -> calibrated expression probabilities, in LiteRT.
+
+A model says what crops it reads through its inputs' shapes: (N, 48, 48, 1) is FER2013's 48x48 grey face, the
+classic input; a model may take another size, RGB (N, S, S, 3), or several crops of the same face at once (a
+fused model: one input per crop). `ExpressionClassifier.inputs` lists them as `CropSpec`s and the aligner cuts
+one crop per spec.
 
 The shipped models live in `moodlens/models/` as `expression-<classes>.tflite` with a model card
 `expression-<classes>.json` beside each (classes, input, temperature, metrics).
@@ -8,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from moodlens.engine.align import FACE_SIZE
@@ -26,6 +33,32 @@ CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class CropSpec:
+    """One input of an expression model: a square, upright face crop `size` pixels wide, grey or RGB, 0..255."""
+
+    size: int
+    grey: bool
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grey else 3
+
+
+FER_CROP = CropSpec(FACE_SIZE, grey=True)  # FER2013's 48x48 grey face
+
+
+def crops_from_fer(faces48: np.ndarray, spec: CropSpec) -> np.ndarray:
+    """48x48 grey faces (N, 48, 48) as `spec`'s input (N, S, S, C) float32: bilinearly resized (cv2's INTER_LINEAR,
+    the half-pixel-centred bilinear of training's tf.image.resize) and grey copied to RGB. How faces that exist
+    only at FER2013's size (the datasets) reach an input made for larger crops; photos get real crops instead."""
+    x = np.asarray(faces48, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE)
+    if spec.size != FACE_SIZE:
+        x = np.stack([cv2.resize(f, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR) for f in x]) \
+            if len(x) else np.zeros((0, spec.size, spec.size), np.float32)
+    return np.repeat(x[..., None], spec.channels, axis=-1)
+
+
 def shipped_model_path(classes: str | int = "4") -> Path:
     """Path of the shipped `classes`-class model file."""
     return Path(str(resources.files("moodlens") / "models" / f"expression-{classes}.tflite"))
@@ -35,7 +68,7 @@ class ExpressionClassifier:
     """A LiteRT expression model: `predict(faces)` -> (N, C) probabilities, rows summing to 1.
 
     Loaded once; `predict` is thread-safe (interpreters are lent one caller at a time, see engine.runtime).
-    Faces are (N, 48, 48) uint8 or float grayscale 0..255, already aligned and cropped like the training data.
+    `inputs`: the crops the model reads (see CropSpec), in the order `predict` takes them.
     """
 
     def __init__(self, model_path: str | Path | None = None, classes: str | int = "4", num_threads: int = 1):
@@ -47,13 +80,10 @@ class ExpressionClassifier:
         self._content: bytes | None = None  # the model file's bytes, read once by the first _load
         self._pool = InterpreterPool(self._load)  # fails at start-up, not on the first request
         interpreter = self._pool.peek().interpreter
-        inp, out = interpreter.get_input_details(), interpreter.get_output_details()
-        in_shape, out_shape = [int(s) for s in inp[0]["shape"]], [int(s) for s in out[0]["shape"]]
-        if len(inp) != 1 or in_shape[1:] != [FACE_SIZE, FACE_SIZE, 1] or inp[0]["dtype"] != np.float32 \
-                or len(out_shape) != 2:
-            # a valid LiteRT file that is some other network would otherwise load and fail on every face
-            raise ModelError(f"{self.path}: not an expression model (input {in_shape} {np.dtype(inp[0]['dtype'])}, "
-                             f"output {out_shape}; expected (N, {FACE_SIZE}, {FACE_SIZE}, 1) float32 in, (N, C) out)")
+        self.inputs: tuple[CropSpec, ...] = _crop_specs(self.path, interpreter)
+        out_shape = [int(s) for s in interpreter.get_output_details()[0]["shape"]]
+        if len(out_shape) != 2:
+            raise ModelError(f"{self.path}: not an expression model (output {out_shape}; expected (N, C))")
         n_out = out_shape[-1]
         self.classes: tuple[str, ...] = tuple(self.card.get("classes") or self._default_classes(n_out))
         if len(self.classes) != n_out:
@@ -69,7 +99,7 @@ class ExpressionClassifier:
     def self_test(self) -> None:
         """Run one blank face through the model; ModelError (and `failure` set) unless it gives C probabilities."""
         try:
-            out = self._run(np.full((1, FACE_SIZE, FACE_SIZE, 1), 128, np.float32))
+            out = self._run([np.full((1, s.size, s.size, s.channels), 128, np.float32) for s in self.inputs])
             ok = out.shape == (1, len(self.classes)) and bool(np.isfinite(out).all()) \
                 and abs(float(out.sum()) - 1) < 1e-3
             why = None if ok else f"gave {out.shape} {out.ravel()[:8]} for a blank face, not {len(self.classes)} " \
@@ -105,12 +135,22 @@ class ExpressionClassifier:
             it = litert_interpreter(self._content, self.num_threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: not a loadable LiteRT model ({exc})") from exc
-        return _Slot(it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"])
+        by_shape = {tuple(int(v) for v in d["shape"][1:]): d["index"] for d in it.get_input_details()}
+        order = [by_shape[(s.size, s.size, s.channels)] for s in _crop_specs(self.path, it)]
+        return _Slot(it, order, it.get_output_details()[0]["index"])
 
-    def predict(self, faces: np.ndarray) -> np.ndarray:
-        """Probabilities (N, C) for faces (N, 48, 48) or (N, 48, 48, 1)."""
-        x = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE, 1)
-        if len(x) == 0:
+    def predict(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities (N, C) for N faces: one array per `inputs` spec (the aligner's crops), or a single
+        array of 48x48 grey faces (N, 48, 48) or (N, 48, 48, 1), FER2013-style, from which any other input the
+        model has is made (crops_from_fer)."""
+        if isinstance(faces, np.ndarray) or not isinstance(faces, Sequence):
+            x = [crops_from_fer(faces, s) for s in self.inputs]
+        else:
+            if len(faces) != len(self.inputs):
+                raise ValueError(f"the model takes {len(self.inputs)} crops per face, not {len(faces)}")
+            x = [np.asarray(f, np.float32).reshape(-1, s.size, s.size, s.channels)
+                 for f, s in zip(faces, self.inputs, strict=True)]
+        if len(x[0]) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         try:
             return self._run(x)
@@ -118,15 +158,17 @@ class ExpressionClassifier:
             # this input's fault, or the engine's? The self-test says, and sets `failure` for health checks
             with contextlib.suppress(ModelError):
                 self.self_test()
-            raise ModelError(f"{self.path}: the model failed on {len(x)} faces ({exc})") from exc
+            raise ModelError(f"{self.path}: the model failed on {len(x[0])} faces ({exc})") from exc
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, xs: list[np.ndarray]) -> np.ndarray:
         with self._pool.borrow() as slot:
-            if slot.batch != len(x):
-                slot.interpreter.resize_tensor_input(slot.input, x.shape, strict=False)
+            if slot.batch != len(xs[0]):
+                for index, x in zip(slot.inputs, xs, strict=True):
+                    slot.interpreter.resize_tensor_input(index, x.shape, strict=False)
                 slot.interpreter.allocate_tensors()
-                slot.batch = len(x)
-            slot.interpreter.set_tensor(slot.input, x)
+                slot.batch = len(xs[0])
+            for index, x in zip(slot.inputs, xs, strict=True):
+                slot.interpreter.set_tensor(index, x)
             slot.interpreter.invoke()
             return slot.interpreter.get_tensor(slot.output).copy()
 
@@ -147,12 +189,29 @@ def _checked_card(card: object, path: Path) -> dict:
     return card
 
 
+def _crop_specs(path: Path, interpreter) -> tuple[CropSpec, ...]:
+    """The crops a model reads, from its inputs' shapes: 48x48 grey first, then by size (a fixed order,
+    whatever order the converter gave the inputs); ModelError for a network that is no expression model."""
+    specs = []
+    for d in interpreter.get_input_details():
+        shape = [int(v) for v in d["shape"]]
+        if len(shape) != 4 or shape[1] != shape[2] or not 16 <= shape[1] <= 512 or shape[3] not in (1, 3) \
+                or d["dtype"] != np.float32:
+            # a valid LiteRT file that is some other network would otherwise load and fail on every face
+            raise ModelError(f"{path}: not an expression model (input {shape} {np.dtype(d['dtype'])}; expected "
+                             f"(N, {FACE_SIZE}, {FACE_SIZE}, 1) float32, or square RGB crops (N, S, S, 3))")
+        specs.append(CropSpec(shape[1], grey=shape[3] == 1))
+    if len(set(specs)) != len(specs):
+        raise ModelError(f"{path}: two inputs take the same crop {specs}")
+    return tuple(sorted(specs, key=lambda s: (s != FER_CROP, s.size, s.grey)))
+
+
 @dataclass
 class _Slot:
     """One interpreter and the batch size its tensors are allocated for."""
 
     interpreter: object
-    input: int
+    inputs: list[int]  # tensor index per CropSpec of the classifier, in its order
     output: int
     batch: int = 1
 
@@ -161,7 +220,8 @@ def ms_per_face(classifier: ExpressionClassifier, batch: int, repeats: int = 50)
     """Median milliseconds per face for batches of `batch` random faces (after one warm-up call)."""
     import time
 
-    faces = np.random.default_rng(0).integers(0, 256, (batch, FACE_SIZE, FACE_SIZE)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    faces = [rng.integers(0, 256, (batch, s.size, s.size, s.channels)).astype(np.float32) for s in classifier.inputs]
     classifier.predict(faces)
     times = []
     for _ in range(repeats):

@@ -44,10 +44,11 @@ class Predictor:
 
     def scores(self, faces: np.ndarray) -> np.ndarray:
         """Class scores (N, C): logits for Keras checkpoints, probabilities for .tflite."""
-        x = faces[..., None].astype(np.float32)
         if self.logits:
-            return self._keras.predict(x, batch_size=256, verbose=0)
-        return np.concatenate([self._tflite.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+            from moodlens.training.export import keras_inputs
+
+            return self._keras.predict(keras_inputs(self._keras, faces), batch_size=256, verbose=0)
+        return np.concatenate([self._tflite.predict(faces[i:i + 256]) for i in range(0, len(faces), 256)])
 
 
 def keras_model_classes(path: Path, n_outputs: int) -> tuple[str, ...]:

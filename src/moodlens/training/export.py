@@ -5,6 +5,10 @@ probabilities: softmax(logits[:, columns] * scale + bias), with one scale and on
 scaling; a single temperature T is scale = 1/T, bias = 0). `columns` restricts a network to a subset (the
 4-class model is a 7- or 8-class head restricted to angry, happy, neutral, sad). A two-head checkpoint exports
 one head at a time (`single_head`).
+
+Several nets can be fused into one file (`fused_logits_model`): a weighted geometric mean of their restricted
+probabilities, then the same calibration. Each distinct input shape is one input of the file (48x48 grey for
+moodlens's nets, 112x112 RGB for face-api's), and the engine cuts one crop per input (engine.classify.CropSpec).
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ def inference_model(model, columns: list[int], temperature: float = 1.0, flip_tt
     """
     import keras
 
-    inputs = keras.Input(model.input_shape[1:], name="face")
-    logits = model(inputs, training=False)
+    inputs = [keras.Input(t.shape[1:], name=input_name(t.shape)) for t in model.inputs]
+    one = inputs[0] if len(inputs) == 1 else inputs
+    logits = model(one, training=False)
     if flip_tta:  # expressions are left-right symmetric: averaging both views is a cheap, steady gain
-        logits = (logits + model(keras.ops.flip(inputs, axis=2), training=False)) / 2
+        flipped = [keras.ops.flip(x, axis=2) for x in inputs]
+        logits = (logits + model(flipped[0] if len(inputs) == 1 else flipped, training=False)) / 2
     picked = keras.layers.Lambda(lambda z: keras.ops.take(z, np.array(columns), axis=1), name="pick")(logits) \
         if list(columns) != list(range(model.output_shape[-1])) else logits
     if scale is None:
@@ -47,7 +53,43 @@ def inference_model(model, columns: list[int], temperature: float = 1.0, flip_tt
     else:
         calibrated = picked * np.asarray(scale, np.float32) + np.asarray(bias if bias is not None else 0, np.float32)
     probs = keras.layers.Activation("softmax", name="probabilities")(calibrated)
-    return keras.Model(inputs, probs, name="moodlens_expression")
+    return keras.Model(one, probs, name="moodlens_expression")
+
+
+def input_name(shape) -> str:
+    """"face" for the 48x48 grey input (the classic file's name), "face_<size>_rgb" etc. for others."""
+    size, channels = int(shape[1]), int(shape[-1])
+    return "face" if (size, channels) == (48, 1) else f"face_{size}_{'grey' if channels == 1 else 'rgb'}"
+
+
+def fused_logits_model(parts, weights):
+    """One model from several single-head logits nets [(net, columns)]: sum_k w_k * log_softmax(net_k[columns_k]),
+    the log of a weighted geometric mean of their restricted probabilities (softmax of it is that mean,
+    renormalised). Nets that take the same input shape share one input: one crop feeds them all."""
+    import keras
+
+    inputs: dict[tuple, object] = {}
+    terms = []
+    for (net, cols), w in zip(parts, weights, strict=True):
+        shape = tuple(int(v) for v in net.input_shape[1:])
+        x = inputs.setdefault(shape, keras.Input(shape, name=input_name((None, *shape))))
+        logits = keras.ops.take(net(x, training=False), np.array(cols), axis=1)
+        terms.append(keras.ops.log_softmax(logits, axis=1) * float(w))
+    fused = terms[0]
+    for t in terms[1:]:
+        fused = fused + t
+    ordered = sorted(inputs.items(), key=lambda kv: (kv[0] != (48, 48, 1), kv[0]))  # the engine's crop order
+    tensors = [t for _, t in ordered]
+    return keras.Model(tensors[0] if len(tensors) == 1 else tensors, fused, name="fused_logits")
+
+
+def keras_inputs(model, faces: np.ndarray):
+    """(N, 48, 48) FER-style faces as `model`'s input(s): each input's crop made as the engine makes it
+    (engine.classify.crops_from_fer), so Keras and the exported file see the same pixels."""
+    from moodlens.engine.classify import CropSpec, crops_from_fer
+
+    xs = [crops_from_fer(faces, CropSpec(int(t.shape[1]), grey=int(t.shape[-1]) == 1)) for t in model.inputs]
+    return xs[0] if len(xs) == 1 else xs
 
 
 def export_tflite(model, out_path: str | Path, columns: list[int], temperature: float = 1.0,
@@ -81,10 +123,11 @@ def columns_for(trained: ClassSet, target: ClassSet) -> list[int]:
 
 def model_logits(model, faces: np.ndarray, flip_tta: bool = False) -> np.ndarray:
     """Logits of a Keras model for (N, 48, 48) faces, as the exported graph computes them."""
-    x = faces[..., None].astype(np.float32)
+    x = keras_inputs(model, faces)
     logits = model.predict(x, batch_size=256, verbose=0)
     if flip_tta:
-        logits = (logits + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+        flipped = [v[:, :, ::-1] for v in x] if isinstance(x, list) else x[:, :, ::-1]
+        logits = (logits + model.predict(flipped, batch_size=256, verbose=0)) / 2
     return logits
 
 
@@ -125,12 +168,41 @@ def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, fli
     return max(measured, key=lambda h: np.mean(list(measured[h].values()))), measured
 
 
+def fuse_part(path: str | Path, target: ClassSet):
+    """A checkpoint to fuse: its single-head logits net and the columns giving `target` (FER2013's head of a
+    two-head net)."""
+    import keras
+
+    net = keras.models.load_model(path, compile=False)
+    heads = checkpoint_heads(net, Path(path))
+    head = None if None in heads else "fer2013"
+    return single_head(net, head), columns_for(heads[head], target)
+
+
+def fuse_component(path: str, net, cols: list[int], weight: float) -> dict:
+    """What the model card says of one fused net: its checkpoint, weight, input, size and training."""
+    import json
+
+    from moodlens.training.modelcard import training_description
+
+    config = Path(path).parent / "config.json"
+    run_cfg = json.loads(config.read_text()) if config.exists() else {}
+    return {"checkpoint": Path(path).name, "weight": float(weight), "input": list(net.input_shape[1:]),
+            "parameters": int(net.count_params()), "output_columns": list(cols),
+            "training": training_description(run_cfg, str(net.output_shape[-1]), "PublicTest") if run_cfg else "",
+            "config": run_cfg}
+
+
 def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013: str | Path,
                  ferplus: str | Path | None = None, split: str = "PublicTest", head: str = "auto",
                  calibration: str = "vector", uncertain_below: float | None = None, quantize: str = "dynamic",
-                 flip_tta: bool = False, machine: str = "") -> tuple[dict, tuple[Path, ...]]:
+                 flip_tta: bool = False, machine: str = "", fuse_with: tuple[str, ...] = (),
+                 fuse_weights: tuple[float, ...] | None = None) -> tuple[dict, tuple[Path, ...]]:
     """`moodlens export`: pick the head, calibrate on `split`, write the .tflite, check it against Keras,
-    measure it and write its model card. Returns (card, written paths)."""
+    measure it and write its model card. Returns (card, written paths).
+
+    `fuse_with`: more single-head checkpoints fused with the chosen head (fused_logits_model), with
+    `fuse_weights` (one per net, the checkpoint's first; default equal)."""
     import json
 
     import keras
@@ -152,6 +224,13 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     head, measured = choose_head(full, heads, target, sets, head, flip_tta)
     model, trained = single_head(full, head), heads[head]
     cols = columns_for(trained, target)
+    components = []
+    if fuse_with:
+        weights = fuse_weights or (1 / (len(fuse_with) + 1),) * (len(fuse_with) + 1)
+        parts = [(model, cols)] + [fuse_part(path, target) for path in fuse_with]
+        components = [fuse_component(path, net, c, w)
+                      for path, (net, c), w in zip((str(ckpt), *fuse_with), parts, weights, strict=True)]
+        model, cols = fused_logits_model(parts, weights), list(range(len(target)))
     # a head is calibrated on the labels it learnt: FER+ majority for the FER+ head, FER2013's otherwise
     labels = "ferplus" if head == "ferplus" and "ferplus" in sets else "fer2013"
     cal_set = sets[labels]
@@ -189,7 +268,8 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     card = build_card(
         classes=target, trained=trained, head=head, head_choice=measured, cols=cols, out=out, quantize=quantize,
         flip_tta=flip_tta, parameters=int(model.count_params()), calibration=cal, uncertain_below=uncertain_below,
-        metrics=metrics, max_diff=max_diff, run_cfg=run_cfg, split=split,
+        metrics=metrics, max_diff=max_diff, run_cfg=run_cfg, split=split, components=components,
+        inputs=[list(clf_input) for clf_input in ((s.size, s.size, s.channels) for s in clf.inputs)],
         speed={"ms_per_face_batch1": ms_per_face(clf, 1), "ms_per_face_batch32": ms_per_face(clf, 32),
                "runtime": "LiteRT (ai-edge-litert), 1 thread", "machine": machine})
     return card, (out, *write_card(card, card_path))

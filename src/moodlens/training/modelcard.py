@@ -25,10 +25,25 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
     recipe = (f"{what}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
               f"width {run_cfg.get('width', 32)}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
               "accuracy).")
+    if run_cfg.get("arch") == "faceapi":
+        distill = "" if not run_cfg.get("distill") else (
+            f", each target mixed with the original net's own output on the same view (weight "
+            f"{run_cfg['distill']}) so that it keeps what it knew of real photos")
+        return (f"{FACEAPI_ORIGIN} Fine-tuned with `moodlens train --arch faceapi` on the FER2013 Training split, "
+                f"faces upscaled from 48x48 grey to 112x112 and copied to RGB{distill}: {what}; "
+                f"{run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, {aug}.")
     if not run_cfg.get("init_from"):
         return f"Trained from scratch with `moodlens train` on the FER2013 Training split: {recipe}"
     return (f"Fine-tuned with `moodlens train` on the FER2013 Training split, starting from "
             f"{init_source(run_cfg['init_from'])}: {recipe}")
+
+
+FACEAPI_ORIGIN = (
+    "Starts from face-api.js's FaceExpressionNet (Vincent Muehler's face-api.js, as packaged by "
+    "@vladmandic/face-api 1.7.15, MIT license, models/LICENSE-faceapi; depthwise-separable dense blocks, "
+    "112x112 RGB input, 7 classes), ported to Keras (moodlens.training.faceapi). Its own training data is not "
+    "documented beyond public and web face images; it may include FER2013 and photos from the face-api.js and "
+    "Human repositories (photos-dev figures are also given without those).")
 
 
 def init_source(path: str) -> str:
@@ -43,9 +58,16 @@ def init_source(path: str) -> str:
 
 def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], out: Path, quantize: str,
                flip_tta: bool, parameters: int, calibration: dict, uncertain_below: float, metrics: dict,
-               max_diff: float, run_cfg: dict, split: str, speed: dict) -> dict:
-    """The model card `moodlens export` writes, from what it measured."""
+               max_diff: float, run_cfg: dict, split: str, speed: dict, components: list | None = None,
+               inputs: list | None = None) -> dict:
+    """The model card `moodlens export` writes, from what it measured. `components`: the nets of a fused file
+    (export.fuse_component); `inputs`: its input crops as [size, size, channels]."""
     description = training_description(run_cfg, trained.name, split)
+    if components:
+        description = "A fusion (weighted geometric mean of the restricted probabilities, then calibration) of " \
+            f"{len(components)} nets: " + " ".join(
+                f"({i + 1}) {c['checkpoint']}, weight {c['weight']:g}, input {'x'.join(map(str, c['input']))}: "
+                f"{c['training'] or 'no run config beside it.'}" for i, c in enumerate(components))
     if head is not None:
         description += (f" This file is the {head} head" + (
             f", chosen over the other by the mean of its FER2013- and FER+-label accuracy on {split}: "
@@ -57,15 +79,17 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
     return {
         "name": f"moodlens expression-{classes.name}",
         "summary": f"A {len(classes)}-class facial-expression classifier ({', '.join(classes.classes)}) for "
-                   "48x48 grayscale aligned face crops, small enough to run in about a millisecond on one CPU core.",
+                   f"aligned face crops ({input_words(inputs)}), small enough to run in about a millisecond or two "
+                   "on one CPU core.",
         "classes": list(classes.classes),
-        "input": {"shape": [None, 48, 48, 1], "dtype": "float32", "channels": "grayscale", "range": "0..255",
-                  "description": "(N, 48, 48, 1) float32 grayscale pixel values 0..255 (scaling to -1..1 is inside "
-                                 "the model); faces rotated upright by the eye line and cropped square around the "
-                                 "face as moodlens.engine.align does"},
+        "input": input_card(inputs),
         "output": "(N, C) calibrated class probabilities, rows sum to 1",
         "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize, "flip_tta": flip_tta,
-        "architecture": {"name": "4-stage VGG-style CNN with batch norm, global average pooling",
+        "architecture": {"name": "fusion of " + " and ".join(
+                             "face-api.js FaceExpressionNet (fine-tuned)" if c["input"] == [112, 112, 3]
+                             else "4-stage VGG-style CNN" for c in components) if components
+                         else "4-stage VGG-style CNN with batch norm, global average pooling",
+                         "components": components or [],
                          "parameters": parameters, "head": head, "head_choice": head_choice,
                          "trained_classes": list(trained.classes),
                          "output_columns": cols},
@@ -81,6 +105,23 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
         "face_detector": ("BlazeFace short range (Google MediaPipe, Apache-2.0) and YuNet (OpenCV Zoo, MIT); "
                           "see face_detection.md"),
     }
+
+
+def input_words(inputs: list | None) -> str:
+    return " and ".join(f"{s[0]}x{s[1]} {'grayscale' if s[2] == 1 else 'RGB'}" for s in (inputs or [[48, 48, 1]]))
+
+
+def input_card(inputs: list | None) -> dict:
+    """The card's "input": the classic single 48x48 grey input, or every crop of a multi-input file."""
+    inputs = inputs or [[48, 48, 1]]
+    how = ("faces rotated upright by the eye line and cropped square around the face as moodlens.engine.align "
+           "does, one crop per input from the same detection; pixel scaling is inside the model")
+    if inputs == [[48, 48, 1]]:
+        return {"shape": [None, 48, 48, 1], "dtype": "float32", "channels": "grayscale", "range": "0..255",
+                "description": f"(N, 48, 48, 1) float32 grayscale pixel values 0..255; {how}"}
+    return {"shapes": [[None, *s] for s in inputs], "dtype": "float32", "range": "0..255",
+            "description": f"{len(inputs)} inputs, " + ", ".join(
+                f"(N, {s[0]}, {s[1]}, {s[2]}) {'grayscale' if s[2] == 1 else 'RGB'}" for s in inputs) + f"; {how}"}
 
 
 def write_card(card: dict, json_path: Path) -> tuple[Path, Path]:

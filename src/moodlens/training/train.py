@@ -294,15 +294,14 @@ def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], clas
 
 
 def model_input(model, faces: np.ndarray) -> np.ndarray:
-    """Faces as `model` takes them: (N, 48, 48) grey gets its channel axis, and is upscaled to RGB for a
-    112x112x3 (face-api) net; crops already of the model's shape pass through."""
-    x = faces.astype(np.float32)
-    x = x[..., None] if x.ndim == 3 else x
-    if model.input_shape[1:] != x.shape[1:]:
-        from moodlens.training.faceapi import to_faceapi_input
+    """Faces as `model` takes them: crops already of the model's input shape pass through; (N, 48, 48) grey
+    faces are made into its input as the engine does for FER-style faces (classify.crops_from_fer)."""
+    from moodlens.engine.classify import CropSpec, crops_from_fer
 
-        x = np.concatenate([to_faceapi_input(x[i:i + 512]).numpy() for i in range(0, len(x), 512)])
-    return x
+    size, channels = model.input_shape[1], model.input_shape[-1]
+    if faces.shape[1:] == model.input_shape[1:] or faces.shape[1:] == model.input_shape[1:-1]:
+        return faces.astype(np.float32).reshape(-1, *model.input_shape[1:])
+    return crops_from_fer(faces, CropSpec(size, grey=channels == 1))
 
 
 def plot_curves(history_csv: Path, out_png: Path) -> None:
