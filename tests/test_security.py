@@ -214,6 +214,96 @@ def test_rate_limit_is_configurable():
     assert all(unlimited.get("/api/v1/model").status_code == 200 for _ in range(60))
 
 
+# --- one rate limit for all workers; only the configured proxy hop is trusted --------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """Two workers, 4 requests a client at once then one every 20 s (so the test's own pace cannot refill)."""
+    from live_server import serve
+
+    with serve("--workers", "2", "--threads", "2", "--rate-limit", "0.05", "--burst", "4", "--proxies", "1",
+               log_dir=tmp_path_factory.mktemp("serve")) as s:
+        yield s
+
+
+def concurrently(server, n: int, headers_for) -> list[int]:
+    """Statuses of `n` GET /api/v1/model sent at once, each on its own connection (so both workers take some)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: server.request("GET", "/api/v1/model", headers=headers_for(i))[0], range(n)))
+
+
+def test_rate_limit_is_one_for_all_workers(two_workers):
+    """Was a bucket per worker: with 2 workers a client got twice its burst and twice the rate."""
+    me = client_address()
+    statuses = concurrently(two_workers, 16, lambda i: me)
+    assert statuses.count(200) == 4 and statuses.count(429) == 12, statuses
+    assert concurrently(two_workers, 4, lambda i: client_address()) == [200] * 4  # others are not affected
+
+
+def test_a_forged_leftmost_forwarded_for_does_not_change_who_the_client_is(two_workers):
+    """The proxy appends the address it sees; what the client wrote before it is not who the client is."""
+    real = client_address()["X-Forwarded-For"]
+    statuses = concurrently(two_workers, 12, lambda i: {"X-Forwarded-For": f"198.51.100.{i + 1}, {real}"})
+    assert statuses.count(200) == 4, statuses
+
+
+def test_forwarded_headers_only_from_the_trusted_proxy():
+    """A client that reaches the server past its proxy cannot pick a fresh address per request."""
+    app = create_app({"MOODLENS_RATE_LIMIT": 0.05, "MOODLENS_RATE_BURST": 2, "MOODLENS_PROXIES": 1,
+                      "MOODLENS_TRUSTED_PROXIES": ["10.0.0.5", "192.168.0.0/16"]})
+    client = app.test_client()
+    direct = [client.get("/api/v1/model", environ_base={"REMOTE_ADDR": "203.0.113.7"},
+                         headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code for i in range(4)]
+    assert direct == [200, 200, 429, 429]
+    for proxy in ("10.0.0.5", "192.168.3.4"):  # through a trusted proxy: one bucket per forwarded client
+        via = [client.get("/api/v1/model", environ_base={"REMOTE_ADDR": proxy},
+                          headers={"X-Forwarded-For": f"203.0.113.7, 198.51.100.{i}"}).status_code for i in range(4)]
+        assert via == [200] * 4, proxy
+    with pytest.raises(ValueError, match="not 'proxy.example'"):
+        create_app({"MOODLENS_PROXIES": 1, "MOODLENS_TRUSTED_PROXIES": ["proxy.example"]},
+                   analyzer=app.extensions["moodlens"].get())
+
+
+def test_limiter_buckets_are_shared_with_forked_processes():
+    from moodlens.web.security import TokenBucketLimiter
+
+    limiter = TokenBucketLimiter(rate=0.001, burst=3)
+    assert limiter.take("a", now=100.0)[0]
+    pid = os.fork()
+    if pid == 0:  # the child spends the rest of a's burst
+        code = 0 if [limiter.take("a", now=100.0)[0] for _ in range(2)] == [True, True] else 1
+        os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert limiter.take("a", now=100.0)[0] is False and limiter.take("b", now=100.0)[0] is True
+
+
+# --- redirects stay on this site -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, location", [("/static//style.css", "/static/style.css"),
+                                            ("/api//docs?x=1", "/api/docs?x=1"), ("/api/v1//health", "/api/v1/health")])
+def test_merged_slash_redirects_are_relative(path, location):
+    app = create_app({"MOODLENS_RATE_LIMIT": 0, "MOODLENS_PROXIES": 1})
+    base, _, query = path.partition("?")
+    for headers in ({"Host": "evil.example"}, {"X-Forwarded-Host": "evil.example"}):
+        resp = app.test_client().get("/", environ_overrides={"PATH_INFO": base, "QUERY_STRING": query},
+                                     headers=headers)
+        assert resp.status_code == 308 and resp.headers["Location"] == location
+        assert "evil" not in resp.get_data(as_text=True)
+
+
+def test_live_redirects_never_name_the_host_header(server):
+    for path in ("/api//docs", "//api//docs", "/static//style.css"):
+        status, headers, body = server.request("GET", path, headers={"Host": "evil.example", **client_address()})
+        assert status in (308, 404), (path, status)
+        if status == 308:
+            assert headers["location"].startswith("/") and not headers["location"].startswith("//")
+        assert b"evil" not in body and "evil" not in headers.get("location", ""), path
+
+
 def test_live_responses_carry_security_headers(server):
     for method, path, body, ctype in [("GET", "/", None, None), ("GET", "/api/v1/health", None, None),
                                       ("GET", "/missing", None, None), ("POST", "/api/v1/analyze", b"x", "text/plain"),

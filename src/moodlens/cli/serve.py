@@ -15,6 +15,15 @@ from moodlens.web.engines import CLASS_SETS
 from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_options
 
 
+def _trusted_proxies(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    from moodlens.web.security import DEFAULT_TRUSTED_PROXIES, proxy_networks
+
+    try:
+        return tuple(str(n) for n in proxy_networks(value)) if value else DEFAULT_TRUSTED_PROXIES
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     from moodlens.web.security import cors_origin
 
@@ -43,11 +52,14 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--max-upload-mb", type=click.FloatRange(0.1, 100), default=16, show_default=True,
               help="Largest upload; bigger bodies get 413 before they are read.")
 @click.option("--rate-limit", type=click.FloatRange(0), default=20, show_default=True,
-              help="API requests per second per client, per worker (0: no limit).")
+              help="API requests per second per client, all workers together (0: no limit).")
 @click.option("--burst", type=click.IntRange(1), default=40, show_default=True,
               help="Requests a client may send at once before --rate-limit applies.")
 @click.option("--proxies", type=click.IntRange(0, 8), default=0, show_default=True,
               help="Reverse proxies in front whose X-Forwarded-For/-Proto/-Host to trust.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR", callback=_trusted_proxies,
+              help="With --proxies: the nearest proxy's address or network (repeatable); X-Forwarded-* from other "
+                   "peers is ignored.  [default: 127.0.0.0/8 and ::1]")
 @click.option("--cors-origin", metavar="ORIGIN", default=None, callback=_cors_origin,
               help="Let pages of this one origin (https://example.org) call the API from the browser (CORS). "
                    "[default: none]")
@@ -59,6 +71,7 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
 def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
     detector: str, min_face_score: float, max_upload_mb: float, rate_limit: float, burst: int, proxies: int,
+    trusted_proxies: tuple[str, ...],
     cors_origin: str | None, timeout: int, body_timeout: float, access_log: bool,
 ) -> None:
     """Serve the website (photos, webcam, model card) and the JSON API."""
@@ -77,6 +90,7 @@ def serve_command(
         "MOODLENS_RATE_LIMIT": rate_limit,
         "MOODLENS_RATE_BURST": burst,
         "MOODLENS_PROXIES": proxies,
+        "MOODLENS_TRUSTED_PROXIES": trusted_proxies,
         "MOODLENS_CORS_ORIGIN": cors_origin,
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
         "MOODLENS_BODY_TIMEOUT": body_timeout,

@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from moodlens import __version__
 from moodlens.web.engines import AnalyzerPool
@@ -30,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "MOODLENS_RATE_LIMIT": 20.0,  # API requests per second per client (0 or None: no limit)
     "MOODLENS_RATE_BURST": 40,  # requests a client may make at once before the rate applies
     "MOODLENS_PROXIES": 0,  # reverse proxies in front of the app whose X-Forwarded-* headers are trusted
+    # ...when the request comes from one of these addresses or networks (the nearest proxy); from others not
+    "MOODLENS_TRUSTED_PROXIES": ("127.0.0.0/8", "::1"),
     "MOODLENS_CORS_ORIGIN": None,  # one origin ("https://example.org") whose pages may call the API (None: none)
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # bytes; larger bodies get 413 before they are read
     "MOODLENS_BODY_TIMEOUT": 60.0,  # seconds a body may take to arrive under gunicorn (then 408); 0: no limit
@@ -49,8 +50,10 @@ def create_app(config: dict[str, Any] | None = None, analyzer: Any = None) -> Fl
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep class order in `scores`
 
     if app.config["MOODLENS_PROXIES"]:
-        n = int(app.config["MOODLENS_PROXIES"])
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+        from moodlens.web.security import TrustedProxyFix
+
+        app.wsgi_app = TrustedProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, int(app.config["MOODLENS_PROXIES"]), app.config["MOODLENS_TRUSTED_PROXIES"])
 
     pool = AnalyzerPool(
         default=str(app.config["MOODLENS_CLASSES"]),
