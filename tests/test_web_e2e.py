@@ -278,6 +278,61 @@ def overlaps(a: dict, b: dict) -> bool:
             and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
 
 
+#: WCAG 2.x contrast of what Chromium renders, from the computed styles: every visible text against the first
+#: opaque background behind it (4.5:1; bold text of 18.66 px or more 3:1), and the non-text edges that carry
+#: meaning (face boxes against their ring, button and field edges against the panel) at 3:1. Fails list them.
+RENDERED_CONTRAST = """() => {
+    const parse = s => {
+        const m = (s.match(/rgba?\\(([^)]+)\\)/) || [])[1];
+        if (!m) return null;
+        const v = m.split(/[ ,\\/]+/).filter(Boolean).map(Number);
+        return {c: v.slice(0, 3), a: v.length > 3 ? v[3] : 1};
+    };
+    const lum = c => {
+        const f = v => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+        return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+    };
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+    const behind = el => {  // the first opaque background; none (a translucent one) is not judged here
+        for (let e = el; e; e = e.parentElement) {
+            const b = parse(getComputedStyle(e).backgroundColor);
+            if (b && b.a >= 0.99) return b.c;
+            if (b && b.a > 0) return null;
+        }
+        return [255, 255, 255];
+    };
+    const shown = el => {
+        const r = el.getBoundingClientRect(), st = getComputedStyle(el);
+        return r.width > 0 && r.height > 0 && st.visibility !== 'hidden' && Number(st.opacity) === 1;
+    };
+    const fails = [];
+    let checked = 0;
+    for (const el of document.querySelectorAll('main *, .site-header *, footer *')) {
+        if (!shown(el) || el.closest('[hidden], .probe') || el.disabled) continue;
+        if (!Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+        const st = getComputedStyle(el), fg = parse(st.color), bg = behind(el);
+        if (!fg || !bg) continue;
+        const px = parseFloat(st.fontSize), large = px >= 24 || (px >= 18.66 && Number(st.fontWeight) >= 700);
+        const r = ratio(fg.c, bg);
+        checked++;
+        if (r < (large ? 3 : 4.5))
+            fails.push(`${el.className} "${el.textContent.trim().slice(0, 30)}" ${r.toFixed(2)}:1`);
+    }
+    for (const box of document.querySelectorAll('.overlay .face-box')) {
+        const st = getComputedStyle(box), r = ratio(parse(st.borderTopColor).c, parse(st.boxShadow).c);
+        checked++;
+        if (r < 3) fails.push(`face box ${box.dataset.face} ${r.toFixed(2)}`);
+    }
+    for (const el of document.querySelectorAll('button.secondary, select')) {
+        if (!shown(el) || el.disabled) continue;
+        const r = ratio(parse(getComputedStyle(el).borderTopColor).c, behind(el.parentElement));
+        checked++;
+        if (r < 3) fails.push(`${el.tagName}.${el.className} edge ${r.toFixed(2)}`);
+    }
+    return {checked, fails};
+}"""
+
+
 @pytest.mark.parametrize("name, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
 def test_group_photo_results(server, browser, files, name, viewport, tmp_path):
     answer = api_answer(server, files["group"])
@@ -338,9 +393,43 @@ def test_group_photo_results(server, browser, files, name, viewport, tmp_path):
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     page.screenshot(path=str(SHOTS / f"moodlens-group-{name}.png"), full_page=True)
     card.locator(".stage").screenshot(path=str(SHOTS / f"moodlens-group-photo-{name}.png"))
+    for scheme in ("light", "dark"):  # the contrast of what is drawn, labels on the photo included
+        page.emulate_media(color_scheme=scheme)
+        page.wait_for_timeout(400)  # background colours are transitions of .15 s
+        contrast = page.evaluate(RENDERED_CONTRAST)
+        assert contrast["checked"] > 60 and contrast["fails"] == [], (scheme, contrast)
+    page.emulate_media(color_scheme="light")
 
     if name == "desktop":
         check_downloads(page, card, answer, files["group"], tmp_path)
+    assert errors == []
+    page.context.close()
+
+
+PLACE_ROW = """() => {
+    // eight faces in a tight row (a team photo): boxes 37 px wide, 74 px apart, labels of 9 px a character
+    const items = Array.from({length: 8}, (_, i) => ({key: i + 1, box: [12 + 74 * i, 40, 37, 30],
+        texts: [`${i + 1} happy 91%`, `${i + 1} happy`, String(i + 1)]}));
+    const spots = window.Moodlens.placeLabels(items, 592, 150, t => ({w: 9 * t.length + 10, h: 18}));
+    return items.map(it => Object.assign({box: it.box}, spots.get(it.key)));
+}"""
+
+
+def test_labels_in_a_tight_row_keep_their_words(server, browser):
+    """Labels may touch the next face's box (not cover it): before, a label above or below its box "hit" its
+    neighbour's box by the 2 px kept between labels, and a whole row of faces got bare numbers."""
+    page, errors = open_page(browser, server + "/", DESKTOP)
+    spots = page.evaluate(PLACE_ROW)
+    assert all("text" in s for s in spots)
+    assert sum(" " in s["text"] for s in spots) >= 6, spots  # words ("3 happy"), hardly any bare number
+    for i, a in enumerate(spots):
+        assert 0 <= a["x"] <= 592 - a["w"] and 0 <= a["y"] <= 150 - a["h"], a
+        for b in spots[i + 1:]:
+            assert not overlaps(a, b), (a, b)
+        for other in spots:
+            x, y, w, h = other["box"]
+            if other is not a and " " in a["text"]:
+                assert not overlaps(a, {"x": x, "y": y, "w": w, "h": h}), (a, other["box"])
     assert errors == []
     page.context.close()
 

@@ -113,6 +113,11 @@
     const hits = function (a, b) {
       return a.x < b.x + b.w + gap && b.x < a.x + a.w + gap && a.y < b.y + b.h + gap && b.y < a.y + a.h + gap;
     };
+    // A label may touch another face's box, not cover it: the gap keeps labels apart, not a label from a box
+    // (with it, a label above or below its box always "hit" the next box in a row, and fell back to a number).
+    const covers = function (a, b) {
+      return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+    };
     const rects = items.map(function (it) {
       return { key: it.key, x: it.box[0], y: it.box[1], w: it.box[2], h: it.box[3] };
     });
@@ -131,7 +136,7 @@
         if (y < 0 || y + s.h > H) continue;
         const r = { text: text, x: x, y: y, w: s.w, h: s.h };
         if (placed.some(function (p) { return hits(r, p); })) continue;
-        if (strict && rects.some(function (b) { return b.key !== it.key && hits(r, b); })) continue;
+        if (strict && rects.some(function (b) { return b.key !== it.key && covers(r, b); })) continue;
         return r;
       }
       return null;
