@@ -331,6 +331,9 @@ def test_health_fails_once_the_engine_does(face_jpeg):
     assert body["status"] == "error" and body["failed"] == ["4"]
     assert "tflite" not in resp.get_data(as_text=True)  # no server paths
     assert classifier.failure and "failed to run" in classifier.failure
+    documented = client.get("/api/v1/openapi.json").get_json()["paths"]["/api/v1/health"]["get"]["responses"]
+    example = documented["503"]["content"]["application/json"]["examples"]["error"]["value"]
+    assert set(example) == set(body) and example["status"] == "error"
 
 
 def test_model_card(client):

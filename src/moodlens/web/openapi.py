@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from moodlens import __version__
+from moodlens.engine.decode import CORRUPT, NOT_AN_IMAGE
 from moodlens.web.engines import CLASS_SETS
 from moodlens.web.problems import MEDIA_TYPE, PROBLEM_TYPES
 
@@ -87,11 +88,13 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["status", "version", "default_classes", "loaded"],
         "properties": {
-            "status": {"const": "ok"},
+            "status": {"type": "string", "enum": ["ok", "error"]},
             "version": {"type": "string"},
             "default_classes": {"type": "string", "enum": list(CLASS_SETS)},
             "loaded": {"type": "array", "items": {"type": "string", "enum": list(CLASS_SETS)},
                        "description": "Class sets whose model is loaded."},
+            "failed": {"type": "array", "items": {"type": "string", "enum": list(CLASS_SETS)},
+                       "description": "With status error: class sets whose engine failed its last self-test."},
         },
     },
     "ModelCard": {
@@ -267,14 +270,11 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                             _problem(f"Not an image, or a Content-Type the API does not take: {_slugs(415)}."), p,
                             {"not-an-image": _problem_example(
                                 415, "not-an-image",
-                                "the data is not an image in a supported format "
-                                "(JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF, HEIC)")}),
+                                NOT_AN_IMAGE)}),
                         "422": _with_examples(
                             _problem(f"An image that cannot be used: {_slugs(422)}."), p,
                             {"truncated-image": _problem_example(
-                                422, "truncated-image",
-                                "the image data is truncated or corrupt (image file is truncated (106 bytes not "
-                                "processed))")}),
+                                422, "truncated-image", CORRUPT)}),
                         **rate_limited,
                     },
                 },
@@ -284,10 +284,21 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "operationId": "health",
                     "tags": ["service"],
                     "summary": "Liveness check (never rate-limited)",
-                    "responses": {"200": _with_examples(
-                        _json("The server is up and its default model loaded.", "Health"), "application/json",
-                        {"ok": {"summary": "Up", "value": {"status": "ok", "version": __version__,
-                                                           "default_classes": default, "loaded": list(CLASS_SETS)}}})},
+                    "responses": {
+                        "200": _with_examples(
+                            _json("The server is up, its default model loaded, and the engine passed its last "
+                                  "self-test.", "Health"), "application/json",
+                            {"ok": {"summary": "Up", "value": {"status": "ok", "version": __version__,
+                                                               "default_classes": default,
+                                                               "loaded": list(CLASS_SETS)}}}),
+                        "503": _with_examples(
+                            _json("The engine failed its self-test (run at start-up and after an unexpected error): "
+                                  "analyze fails; restart the server. Why is in the server log.", "Health"),
+                            "application/json",
+                            {"error": {"summary": "Engine broken", "value": {
+                                "status": "error", "version": __version__, "default_classes": default,
+                                "loaded": [default], "failed": [default]}}}),
+                    },
                 },
             },
             "/api/v1/model": {
