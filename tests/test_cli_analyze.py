@@ -279,3 +279,14 @@ def test_files_left_out_of_a_folder_are_named_once_and_quiet_hides_them(tmp_path
         assert notes[0].endswith(", ".join(str(tmp_path / f"notes-{i}.txt") for i in range(5)) + " and 2 more")
         assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(tmp_path / "clip.mp4")]
     assert run(str(tmp_path), "--every", "6", "-q").stderr == ""
+
+
+def test_a_video_is_never_annotated_over_itself(tmp_path, video):
+    """The overwrite refusal holds for videos too: --annotate naming the video's own folder or the video itself."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(video.read_bytes())
+    before = clip.read_bytes()
+    for given in (tmp_path, clip):  # the folder into itself, the one video file into itself
+        out = run(str(given), "--annotate", str(given), "-q")
+        assert out.exit_code == 2 and "would overwrite an input" in out.output, out.output
+    assert clip.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["clip.mp4"]

@@ -371,7 +371,12 @@ def test_group_photo_results(server, browser, files, name, viewport, tmp_path):
         let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s; })""")
     assert len(drawn) == n and all(v > 0 for v in drawn)
 
-    # highlight: a click in the list marks its box and label; a click on a box marks its list entry
+    # highlight: hovering an entry of the list marks its box and label while the pointer is there
+    card.locator('.face-item[data-face="2"] .face-name').hover()
+    assert card.locator(".overlay .active").evaluate_all("ns => ns.map(n => n.dataset.face)") == ["2", "2"]
+    page.mouse.move(0, 0)
+    assert card.locator(".overlay .active").count() == 0
+    # a click in the list marks its box and label; a click on a box marks its list entry
     card.locator('.face-item[data-face="3"] .face-head').click()
     assert card.locator(".overlay .face-box.active").evaluate_all("bs => bs.map(b => b.dataset.face)") == ["3"]
     assert card.locator(".overlay").evaluate("o => o.classList.contains('has-active')")
@@ -434,6 +439,45 @@ def test_labels_in_a_tight_row_keep_their_words(server, browser):
     page.context.close()
 
 
+UNCERTAIN_FACES = """answer => {
+    // two of the faces made uncertain (top score under the threshold), drawn and listed by the page's own code
+    const M = window.Moodlens;
+    const result = JSON.parse(JSON.stringify(answer));
+    for (const face of result.faces.slice(0, 2)) {
+        const rest = 0.6 / (result.classes.length - 1);
+        face.scores = Object.fromEntries(result.classes.map((c, i) => [c, i === 0 ? 0.4 : rest]));
+        face.expression = result.classes[0];
+        face.uncertain = true;
+    }
+    const stage = M.el('div', 'stage'), overlay = M.el('div', 'overlay'), list = M.el('ol', 'faces');
+    stage.style.width = '640px'; stage.style.height = '480px';
+    stage.append(overlay);
+    document.querySelector('main').append(stage, list);
+    M.drawFaces(overlay, result);
+    M.faceList(list, result, {});
+    const pick = sel => Array.from(document.querySelectorAll(sel));
+    return {summary: M.summaryText(result),
+            boxes: pick('.overlay .face-box.uncertain').map(b => b.title),
+            labels: pick('.overlay .face-label.uncertain:not([hidden])').map(l => l.textContent),
+            badges: pick('.faces .badge').filter(b => b.textContent === 'uncertain').map(b => b.title)};
+}"""
+
+
+def test_uncertain_faces_are_counted_and_explained(server, browser, files):
+    """The group's faces are all clearly happy: two are made uncertain in the answer, then drawn by the page."""
+    answer = api_answer(server, files["group"])
+    page, errors = open_page(browser, server + "/", DESKTOP)
+    got = page.evaluate(UNCERTAIN_FACES, answer)
+    n = len(answer["faces"])
+    assert got["summary"] == f"{n} faces: {n - 2} happy, 2 uncertain"  # counted as uncertain, not as a guess
+    explain = "A face is marked uncertain when its most likely expression scores under 50%"
+    assert len(got["boxes"]) == 2 and all(explain in t and "\n" in t for t in got["boxes"])  # the tooltip
+    assert len(got["badges"]) == 2 and all(explain in t for t in got["badges"])
+    assert got["labels"] and all(label_class(t) == answer["classes"][0] and "angry?" in t for t in got["labels"])
+    assert errors == []
+    page.context.close()
+
+
 def check_downloads(page, card, answer: dict, photo: Path, tmp_path: Path) -> None:
     """The three downloads of one photo arrive, parse, and say what the API said."""
     from PIL import Image
@@ -460,6 +504,7 @@ def check_downloads(page, card, answer: dict, photo: Path, tmp_path: Path) -> No
         assert r["expression"] == f["expression"] and float(r["confidence"]) == f["scores"][f["expression"]]
         assert sum(float(r[c]) for c in answer["classes"]) == pytest.approx(1, abs=0.01)
         assert r["uncertain"] in ("true", "false") and float(r["x"]) == pytest.approx(f["box"][0], abs=0.1)
+        assert r["quality"] == f["quality"] and float(r["detector_score"]) == f["score"]
 
     with page.expect_download() as got:
         card.locator(".dl-image").click()
