@@ -262,6 +262,11 @@ def test_forwarded_headers_only_from_the_trusted_proxy():
         via = [client.get("/api/v1/model", environ_base={"REMOTE_ADDR": proxy},
                           headers={"X-Forwarded-For": f"203.0.113.7, 198.51.100.{i}"}).status_code for i in range(4)]
         assert via == [200] * 4, proxy
+    from moodlens.web.security import TrustedProxyFix
+
+    fix = TrustedProxyFix(None, 1)  # the default: loopback only, IPv4-mapped IPv6 too
+    assert [fix.trusts(p) for p in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.1", "::ffff:10.0.0.1", "", None,
+                                    "unix")] == [True, True, True, False, False, False, False, False]
     with pytest.raises(ValueError, match="not 'proxy.example'"):
         create_app({"MOODLENS_PROXIES": 1, "MOODLENS_TRUSTED_PROXIES": ["proxy.example"]},
                    analyzer=app.extensions["moodlens"].get())

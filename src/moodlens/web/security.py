@@ -169,6 +169,8 @@ class TrustedProxyFix:
             address = ipaddress.ip_address((peer or "").split("%")[0])
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:  # a dual-stack socket's IPv4 peer
+            address = address.ipv4_mapped
         return any(address in net for net in self.networks if net.version == address.version)
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
