@@ -202,8 +202,13 @@ def test_wrong_content_type(client, face_jpeg, content_type):
     assert_problem(post_raw(client, face_jpeg, content_type), 415, "unsupported-media-type")
 
 
-def test_truncated_jpeg(client, face_jpeg):
-    assert_problem(post_raw(client, face_jpeg[: len(face_jpeg) // 2]), 422, "truncated-image")
+def test_truncated_jpeg(client, face_jpeg, caplog):
+    """The client gets a sentence in plain words; the decoder's own words go to the server log only."""
+    with caplog.at_level("INFO", logger="moodlens.web"):
+        body = assert_problem(post_raw(client, face_jpeg[: len(face_jpeg) // 2]), 422, "truncated-image")
+    assert body["detail"] == "the image file is cut short or corrupt, so it cannot be decoded"
+    logged = [r.getMessage() for r in caplog.records if r.name == "moodlens.web"]
+    assert any("truncated-image" in m and "image file is truncated" in m for m in logged), logged
 
 
 def test_too_small(client):
