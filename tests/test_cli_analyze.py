@@ -290,3 +290,15 @@ def test_a_video_is_never_annotated_over_itself(tmp_path, video):
         out = run(str(given), "--annotate", str(given), "-q")
         assert out.exit_code == 2 and "would overwrite an input" in out.output, out.output
     assert clip.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["clip.mp4"]
+
+
+def test_two_inputs_never_share_an_output_file(tmp_path, astronaut_rgb):
+    """day1/x.jpg and day2/x.jpg both mirror to drawn/x.jpg: refused before any work, rather than one lost."""
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "x.jpg").write_bytes(encode(astronaut_rgb))
+    out = run(str(tmp_path / "day1"), str(tmp_path / "day2"), "--annotate", str(tmp_path / "drawn"), "-q")
+    assert out.exit_code == 2 and "would both be written as" in out.output, out.output
+    assert not (tmp_path / "drawn").exists()
+    one = run(str(tmp_path / "day1"), str(tmp_path / "day1" / "x.jpg"), "--annotate", str(tmp_path / "drawn"), "-q")
+    assert one.exit_code == 0, one.output  # the same file named twice writes one copy, as before

@@ -135,14 +135,22 @@ def annotate_folder(settings: Settings) -> str | None:
 
 
 def check_outputs(jobs: list[Job], settings: Settings) -> None:
-    """Refuse a run that would write over any of its inputs (e.g. `--annotate` pointing at the input folder)."""
+    """Refuse a run that would write over any of its inputs (e.g. `--annotate` pointing at the input folder),
+    or write two inputs' outputs to one file (x.jpg of two input folders: the second would replace the first)."""
     inputs = {Path(j.path).resolve() for j in jobs if not j.missing}
+    written: dict[Path, Job] = {}
     for job in jobs:
         for out in output_paths(job, settings):
-            if out.resolve() in inputs:
+            where = out.resolve()
+            if where in inputs:
                 raise click.UsageError(
                     f"{printable(str(out))} would overwrite an input: choose an output folder outside the input "
                     "folders")
+            first = written.setdefault(where, job)
+            if Path(first.path).resolve() != Path(job.path).resolve():  # one file given twice writes one copy
+                raise click.UsageError(
+                    f"{printable(first.path)} and {printable(job.path)} would both be written as "
+                    f"{printable(str(out))}: analyze them in separate runs or into separate output folders")
 
 
 def _init_state(settings: Settings) -> None:
