@@ -12,7 +12,13 @@ import click
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.errors import MoodlensError
 from moodlens.web.engines import CLASS_SETS
-from moodlens.web.serve import StandaloneApplication, default_workers, gunicorn_options
+from moodlens.web.serve import (
+    MAX_WORKER_RSS_MB,
+    StandaloneApplication,
+    default_workers,
+    gunicorn_options,
+    tune_allocator,
+)
 
 
 def _trusted_proxies(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -67,12 +73,18 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Seconds a worker may spend on one request before it is restarted.")
 @click.option("--body-timeout", type=click.FloatRange(0), default=60, show_default=True,
               help="Seconds a whole request body may take to arrive; slower clients get 408 (0: no limit).")
+@click.option("--max-worker-rss", "max_worker_rss", type=click.IntRange(0), default=MAX_WORKER_RSS_MB,
+              show_default=True, metavar="MB",
+              help="Restart a worker (gracefully) whose resident memory stays over this after a request (0: never).")
+@click.option("--max-requests", type=click.IntRange(0), default=0, show_default=True,
+              help="Restart each worker after about this many requests, up to 10% more (0: never).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
     detector: str, min_face_score: float, max_upload_mb: float, rate_limit: float, burst: int, proxies: int,
     trusted_proxies: tuple[str, ...],
-    cors_origin: str | None, timeout: int, body_timeout: float, access_log: bool,
+    cors_origin: str | None, timeout: int, body_timeout: float, max_worker_rss: int, max_requests: int,
+    access_log: bool,
 ) -> None:
     """Serve the website (photos, webcam, model card) and the JSON API."""
     from moodlens.web import create_app
@@ -94,7 +106,9 @@ def serve_command(
         "MOODLENS_CORS_ORIGIN": cors_origin,
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
         "MOODLENS_BODY_TIMEOUT": body_timeout,
+        "MOODLENS_MAX_WORKER_RSS_MB": max_worker_rss,
     }
+    tune_allocator()  # before the models load, so the master and the workers it forks allocate alike
     try:
         app = create_app(config)
     except (MoodlensError, OSError, ValueError) as exc:  # a missing or broken model: say so, no traceback
@@ -104,7 +118,8 @@ def serve_command(
     click.echo(f"moodlens: http://{shown}:{port}/  ({workers} worker{'s' if workers > 1 else ''} x {threads} "
                f"thread{'s' if threads > 1 else ''}, "
                f"default classes {classes}; Ctrl+C stops)", err=True)
-    StandaloneApplication(app, gunicorn_options(host, port, workers, threads, timeout, access_log)).run()
+    options = gunicorn_options(host, port, workers, threads, timeout, access_log, max_requests)
+    StandaloneApplication(app, options).run()
 
 
 def warn_if_reachable(host: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_face
 from moodlens.engine.classify import ExpressionClassifier
 from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, Picture, decode_picture
 from moodlens.engine.detect import Detection, FaceDetector
-from moodlens.engine.explain import occlusion_heatmaps
+from moodlens.engine.explain import occlusion_heatmaps, predict_in_passes
 from moodlens.engine.quality import face_quality
 from moodlens.engine.result import AnalysisResult, Face, FaceBox
 
@@ -20,6 +21,14 @@ DEFAULT_UNCERTAIN_BELOW = 0.5
 # Large JPEGs are decoded at a reduced size whose longer side stays at least this: more than the detectors'
 # largest input (192) needs. A face too small there for a sharp 48x48 crop is cropped from the full image.
 WORK_SIDE = 320
+#: Faces of one image that get a heatmap, best detector score first; the others are marked "face-limit" (each
+#: costs 49 classifier runs, ~30 ms of one core; a 54-face mosaic took 12.7 s and over 1 GB before the cap).
+MAX_EXPLAIN_FACES = 16
+# A picture with a side over this many pixels is searched for small faces at up to 4096 px (YuNet's finer passes,
+# engine.detect), about 66 bytes a pixel: 1.1 GB at 4096x4096, kept by the net afterwards. One such search at a
+# time in a process, so two threads of a server worker do not need twice that at once.
+LARGE_SIDE = 1920
+_LARGE_SEARCH = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Analyzer:
     or output size decides). `detector`: "auto", "short", "full" or "yunet" (see FaceDetector). `min_face_score`: the
     detector's confidence threshold. `uncertain_below`: a face whose top probability is below this is marked
     uncertain (default: the model card's "uncertain_below", else 0.5). `max_bytes`/`max_pixels`: input limits.
+    `max_explain_faces`: with `explain`, the most faces of one image that get a heatmap (None: every face).
     """
 
     def __init__(
@@ -54,6 +64,7 @@ class Analyzer:
         max_bytes: int = MAX_BYTES,
         max_pixels: int = MAX_PIXELS,
         num_threads: int = 1,
+        max_explain_faces: int | None = MAX_EXPLAIN_FACES,
     ):
         self.classifier = ExpressionClassifier(model_path, classes=classes, num_threads=num_threads)
         self.detector = FaceDetector(detector, min_score=min_face_score, num_threads=num_threads)
@@ -65,6 +76,7 @@ class Analyzer:
         self.uncertain_below = uncertain_below
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.max_explain_faces = max_explain_faces
 
     def analyze(self, data: ImageInput, explain: bool = False, min_face_score: float | None = None) -> AnalysisResult:
         """All faces in `data` (a path, bytes, a binary file, a PIL image or an RGB array), best detector score
@@ -78,23 +90,25 @@ class Analyzer:
         t0 = time.perf_counter()
         picture = decode_picture(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, work_side=WORK_SIDE)
         t1 = time.perf_counter()
-        found = [d for d in self.detector.detect(picture.rgb, picture.full if picture.scale < 1 else None)
-                 if d.score >= floor]
+        found = [d for d in self._detect(picture) if d.score >= floor]
         t2 = time.perf_counter()
         crops = np.stack([self._crop(picture, d) for d in found]) if found else \
             np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
         detections = [d.scaled(1 / picture.scale) for d in found]  # in full-size image pixels
+        width, height = picture.width, picture.height
+        del picture  # a large image's pixels (120 MB at 40 Mpx) need not live while faces are classified
         t3 = time.perf_counter()
-        probs = self.classifier.predict(crops)  # every face of the image in one batch
+        probs = predict_in_passes(self.classifier.predict, crops)  # the image's faces, a few batches at most
         t4 = time.perf_counter()
         timings.update(decode=_ms(t0, t1), detect=_ms(t1, t2), align=_ms(t2, t3), classify=_ms(t3, t4))
-        heatmaps: list | None = None
+        heatmaps: list = []
         if explain:
-            heatmaps = occlusion_heatmaps(self.classifier.predict, crops, probs)
+            n = len(crops) if self.max_explain_faces is None else min(len(crops), self.max_explain_faces)
+            heatmaps = occlusion_heatmaps(self.classifier.predict, crops[:n], probs[:n])
             timings["explain"] = _ms(t4, time.perf_counter())
-        width, height = picture.width, picture.height
         faces = [
-            self._face(d, p, heatmaps[i] if heatmaps is not None else None, width, height, crops[i])
+            self._face(d, p, heatmaps[i] if i < len(heatmaps) else None, width, height, crops[i],
+                       skipped="face-limit" if explain and i >= len(heatmaps) else None)
             for i, (d, p) in enumerate(zip(detections, probs, strict=True))
         ]
         timings["total"] = _ms(t0, time.perf_counter())
@@ -103,13 +117,32 @@ class Analyzer:
     def analyze_faces(self, faces48: np.ndarray, explain: bool = False) -> list[Expression]:
         """Expressions of faces already aligned and cropped like the training data: (N, 48, 48) grey 0..255."""
         faces48 = np.asarray(faces48).reshape(-1, FACE_SIZE, FACE_SIZE)
-        probs = self.classifier.predict(faces48)
+        probs = predict_in_passes(self.classifier.predict, faces48)
         heatmaps = occlusion_heatmaps(self.classifier.predict, faces48, probs) if explain else [None] * len(probs)
         out = []
         for p, heat in zip(probs, heatmaps, strict=True):
             label, scores, uncertain = self._read(p)
             out.append(Expression(label, scores, uncertain, heat))
         return out
+
+    def _detect(self, picture: Picture) -> list[Detection]:
+        """The detector's faces; its search of a large picture at full size waits for any other (LARGE_SIDE)."""
+        if max(picture.width, picture.height) <= LARGE_SIDE:
+            return self.detector.detect(picture.rgb, picture.full if picture.scale < 1 else None)
+        held = False
+
+        def full() -> np.ndarray:  # the detector asks for the full-size picture only for that search
+            nonlocal held
+            if not held:
+                _LARGE_SEARCH.acquire()
+                held = True
+            return picture.full()
+
+        try:
+            return self.detector.detect(picture.rgb, full)
+        finally:
+            if held:
+                _LARGE_SEARCH.release()
 
     @staticmethod
     def _crop(picture: Picture, d: Detection) -> np.ndarray:
@@ -126,7 +159,8 @@ class Analyzer:
         top = int(np.argmax(p))
         return self.classes[top], scores, float(p[top]) < self.uncertain_below
 
-    def _face(self, d: Detection, p: np.ndarray, heatmap, width: int, height: int, crop: np.ndarray) -> Face:
+    def _face(self, d: Detection, p: np.ndarray, heatmap, width: int, height: int, crop: np.ndarray,
+              skipped: str | None = None) -> Face:
         label, scores, uncertain = self._read(p)
         # report the part of the box inside the image; the unclipped box (faces cut by the edge) is only
         # needed for the crop, which was taken already
@@ -141,6 +175,7 @@ class Analyzer:
             scores=scores,
             uncertain=uncertain,
             heatmap=heatmap,
+            heatmap_skipped=skipped,
             quality=face_quality(max(w, h), d.keypoints, crop),
         )
 

@@ -42,6 +42,7 @@ class Face:
     uncertain: bool
     heatmap: list[list[float]] | None = None
     quality: str = "ok"  # "ok", or why the face reads poorly: "small", "blurred", "profile" (engine.quality)
+    heatmap_skipped: str | None = None  # explain was asked but this face got no heatmap: "face-limit"
 
     @property
     def top_score(self) -> float:
@@ -66,6 +67,8 @@ class Face:
         }
         if self.heatmap is not None:
             d["heatmap"] = self.heatmap
+        if self.heatmap_skipped is not None:
+            d["heatmap_skipped"] = self.heatmap_skipped
         return d
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from moodlens import __version__
+from moodlens.engine.analyzer import MAX_EXPLAIN_FACES
 from moodlens.engine.decode import CORRUPT, NOT_AN_IMAGE
 from moodlens.web.engines import CLASS_SETS
 from moodlens.web.problems import MEDIA_TYPE, PROBLEM_TYPES
@@ -82,6 +83,10 @@ SCHEMAS: dict[str, Any] = {
             "heatmap": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
                         "description": "With explain=1: a grid of 0..1 over the face box, top row "
                                        "first; how much hiding each region lowers the top class's score."},
+            "heatmap_skipped": {"type": "string", "enum": ["face-limit"],
+                                "description": "With explain=1, on a face without a heatmap: why. face-limit: only the "
+                                               f"first {MAX_EXPLAIN_FACES} faces of an image (best detector score "
+                                               "first) get one."},
         },
     },
     "Health": {

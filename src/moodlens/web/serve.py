@@ -5,17 +5,22 @@ memory copy-on-write instead of each loading its own copy, and a broken model st
 
 The workers are `BufferingWorker`s: gunicorn's gthread worker, except that each request is read whole in the
 worker's event loop before a thread sees it, so idle and slow clients (trickled headers or bodies) never hold
-a thread; see SECURITY.md and docs/hardening.md for the measurements.
+a thread; see SECURITY.md and docs/hardening.md for the measurements. They give memory back after large
+requests and restart themselves, gracefully, when it stays high (`MemoryGuard`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import os
 import selectors
 import socket
 import subprocess
+import threading
 import time
 from collections import deque
 from functools import partial
@@ -50,9 +55,11 @@ def default_workers() -> int:
 
 
 def gunicorn_options(
-    host: str, port: int, workers: int, threads: int, timeout: int = 60, access_log: bool = False
+    host: str, port: int, workers: int, threads: int, timeout: int = 60, access_log: bool = False,
+    max_requests: int = 0,
 ) -> dict[str, Any]:
-    """The gunicorn settings `moodlens serve` uses."""
+    """The gunicorn settings `moodlens serve` uses. `max_requests`: restart a worker after about that many
+    requests (0: never; each worker draws up to 10% more, so they do not all restart at once)."""
     bind = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     return {
         "bind": [bind],
@@ -63,6 +70,8 @@ def gunicorn_options(
         "timeout": timeout,
         "graceful_timeout": 10,
         "keepalive": 5,
+        "max_requests": max_requests,
+        "max_requests_jitter": max_requests // 10,
         "accesslog": "-" if access_log else None,
         "errorlog": "-",
         "loglevel": "info",
@@ -83,6 +92,101 @@ def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# --- memory: give freed memory back, restart a worker whose memory stays high --------------------------------------
+
+#: Default of `moodlens serve --max-worker-rss`: a worker still using more than this many MiB after a request, and
+#: after giving its freed memory back, restarts gracefully (its requests in flight are answered first).
+MAX_WORKER_RSS_MB = 512
+#: A worker that grew by this much since it last gave memory back does so again after its next request.
+TRIM_STEP = 32 * 2**20
+#: glibc's mallopt() parameters (malloc.h) and the values moodlens serve sets (see `tune_allocator`).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+MMAP_THRESHOLD = 4 * 2**20
+TRIM_THRESHOLD = 32 * 2**20
+ARENA_MAX = 2
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (malloc_trim and mallopt are glibc's), else None (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - AttributeError where the C library is not glibc
+    except (OSError, AttributeError):
+        return None
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return libc
+
+
+def tune_allocator() -> bool:
+    """Make glibc's malloc give large freed blocks back to the kernel; False where it is not glibc.
+
+    By default glibc serves a block of up to 32 MB from its heap once a block that size has been freed (its mmap
+    threshold rises to match) and keeps one heap per thread-ish (8 x cores): the 16 MB pixel blocks of a large
+    image then stay in the process after the request. A fixed threshold puts every block of MMAP_THRESHOLD or
+    more in its own mapping, unmapped when freed, and ARENA_MAX heaps are enough for a worker's few threads.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+    return True
+
+
+def release_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim; nothing elsewhere)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (0 where /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MemoryGuard:
+    """What a worker does after each request: give freed memory back when it grew, and say when its resident
+    memory stays over `limit` bytes even so (None: never), so that it restarts.
+
+    Memory is given back (malloc_trim, 0.4-0.7 ms) when the worker grew by `step` since it last did, and, at most
+    every `retrim_after` seconds, while it stays `step` over the least it has used: a request that freed its
+    memory while another held the heap leaves holes that only a later trim returns.
+    """
+
+    def __init__(self, limit: int | None, step: int = TRIM_STEP, retrim_after: float = 5.0) -> None:
+        self.limit = limit
+        self.step = step
+        self.retrim_after = retrim_after
+        self._lock = threading.Lock()
+        self._settled = self._floor = rss_bytes()
+        self._trimmed_at = time.monotonic()
+
+    def after_request(self) -> int | None:
+        """The resident bytes when they are over the limit (restart), else None."""
+        rss = rss_bytes()
+        over = self.limit is not None and rss > self.limit
+        grew = rss > self._settled + self.step
+        lingers = rss > self._floor + self.step and time.monotonic() - self._trimmed_at >= self.retrim_after
+        if (over or grew or lingers) and self._lock.acquire(blocking=over):  # one trim at a time is enough
+            try:
+                release_memory()
+                rss = rss_bytes()
+                self._trimmed_at = time.monotonic()
+            finally:
+                self._lock.release()
+        self._settled = rss if grew else min(self._settled, rss)
+        self._floor = min(self._floor, rss)
+        return rss if self.limit is not None and rss > self.limit else None
 
 
 # --- the worker: gunicorn's gthread, with whole requests buffered in its event loop ------------------------------
@@ -207,14 +311,28 @@ class BufferingWorker(ThreadWorker):
         self.paused: dict[TConn, _Wait] = {}
         self.lingering: dict[TConn, float] = {}
         self.buffered = 0
+        tune_allocator()  # inherited from `moodlens serve`'s master; set again for workers started otherwise
         super().init_process()
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
         config = getattr(self.wsgi, "config", {})
         self.max_body = int(config.get("MAX_CONTENT_LENGTH") or 16 * 1024 * 1024)
+        rss_mb = config.get("MOODLENS_MAX_WORKER_RSS_MB", MAX_WORKER_RSS_MB)
+        self.memory = MemoryGuard(int(rss_mb * 2**20) if rss_mb else None)
         self.body_timeout = float(config.get("MOODLENS_BODY_TIMEOUT") or 0) or None
         self.budget = max(BUFFER_BUDGET, 4 * self.max_body)
+
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            over = self.memory.after_request()
+            if over is not None and self.alive:
+                self.log.warning("worker %s: %d MiB resident after a request, over the limit of %d MiB: "
+                                 "restarting once its requests in flight are answered", self.pid, over >> 20,
+                                 self.memory.limit >> 20)
+                self.alive = False  # gunicorn's graceful exit; the master forks a fresh worker
 
     # new and kept-alive connections: wait for a whole request in the event loop
     def accept(self, listener: socket.socket) -> None:
