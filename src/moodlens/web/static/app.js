@@ -102,11 +102,11 @@
 
   /* Place one label per face inside a W x H picture, never over another label and never outside the picture.
      items: [{key, box: [x, y, w, h], texts: [longest, ..., shortest]}]; measure(text) -> {w, h}.
-     A label goes above its box, else inside its top, below it, or inside its bottom, its left edge at the box's
-     (moved in to stay in the picture), without covering another face. The faces share one kind of text, the
-     longest with which every label finds such a spot and 3 in 4 keep it (the others take a shorter text);
-     with the shortest kind (the number), a label that finds no spot may cover another face, and one that still
-     finds none is left out (the face list has it). Bigger faces are placed first.
+     A label goes above its box, else below it (not over the face), else inside its top or bottom, its left
+     edge at the box's (moved in to stay in the picture), without covering another face. The faces share one kind
+     of text, the longest with which every label finds such a spot and 3 in 4 keep it (the others take a shorter
+     text); with the shortest kind (the number), a label that finds no spot may cover another face, and one that
+     still finds none is left out (the face list has it). Bigger faces are placed first.
      Returns a Map key -> {text, x, y, w, h}. */
   function placeLabels(items, W, H, measure, gap) {
     gap = gap === undefined ? 2 : gap;
@@ -132,7 +132,7 @@
       if (s.w > W || s.h > H) return null;
       const [bx, by, bw, bh] = it.box;
       const x = Math.max(0, Math.min(bx, W - s.w));
-      for (const y of [by - s.h - 1, by + 1, by + bh + 1, by + bh - s.h - 1]) {
+      for (const y of [by - s.h - 1, by + bh + 1, by + 1, by + bh - s.h - 1]) {
         if (y < 0 || y + s.h > H) continue;
         const r = { text: text, x: x, y: y, w: s.w, h: s.h };
         if (placed.some(function (p) { return hits(r, p); })) continue;
