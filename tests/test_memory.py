@@ -205,7 +205,7 @@ def test_large_transparent_pngs_leave_no_worker_bloated(server):
     png = transparent_png()
     assert len(png) < 400_000
     with Sampler(server).running() as sampler:
-        results = post_all(server, [png] * int(os.environ.get("MOODLENS_TEST_PNGS", "4")), "", 4, "image/png")
+        results = post_all(server, [png] * int(os.environ.get("MOODLENS_TEST_PNGS", "3")), "", 4, "image/png")
     assert all(r["width"] == r["height"] == 6320 for r in results)
     after = settled(server, AFTER_LIMIT)
     small = mosaic(cols=3, rows=2)
