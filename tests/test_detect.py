@@ -210,3 +210,22 @@ def test_photos_dev_groups_no_face_photos_and_single_faces(detectors):
         else:
             counts["single"] += found >= 1
     assert counts["group"] >= 34 and counts["noface"] >= 25 and counts["single"] == 194, counts
+
+
+def test_the_full_size_pass_keeps_its_low_scored_small_faces_only_when_they_look_like_faces(
+        detectors, astronaut_rgb, coffee_rgb):
+    """Large photos: YuNet's full-size pass scores real 20-30 px faces 0.3-0.5 as well as specks of texture;
+    the faces are kept when YuNet, shown them enlarged, scores them 0.6 or more, with that score."""
+    yunet = detectors["yunet"]._yunet
+    canvas = cv2.resize(coffee_rgb, (2400, 1800), interpolation=cv2.INTER_LINEAR)
+    k = 52 / 200  # the astronaut's 200 px head cut, pasted at 52 px: a face of about 24 px
+    canvas[900:952, 1200:1252] = cv2.resize(astronaut_rgb[30:230, 125:325], (52, 52), interpolation=cv2.INTER_AREA)
+    x, y, w, h = ASTRONAUT_FACE
+    face = [1200 + (x - 125) * k, 900 + (y - 30) * k, w * k, h * k]
+    rows = np.zeros((4, 15), np.float32)
+    rows[:, :4] = [face, [300, 300, 24, 24], [600, 600, 60, 60], [900, 300, 24, 24]]
+    rows[:, 14] = [0.35, 0.35, 0.35, 0.55]  # a face, a speck, a low box too large to verify, a confident one
+    with yunet._pool.borrow() as net:
+        kept = yunet._verify(net, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), rows.copy())
+    assert [r[0] for r in kept] == pytest.approx([face[0], 900])
+    assert kept[0, 14] >= 0.6 and kept[1, 14] == pytest.approx(0.55)
