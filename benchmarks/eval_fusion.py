@@ -162,6 +162,24 @@ def keras_runner(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.asarray(model.predict(x.astype(np.float32), batch_size=128, verbose=0))
 
 
+def tuned_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A fine-tuned face-api checkpoint (logits over FER2013's 7 classes) as face-api-order probabilities, so it
+    drops in for the original (faceapi_to4 then restricts it as before)."""
+    import keras
+
+    from moodlens.training.faceapi import FACEAPI_CLASSES
+    from moodlens.training.labels import FER2013_CLASSES
+
+    model = keras.models.load_model(path, compile=False)
+    order = [FER2013_CLASSES.index(c) for c in FACEAPI_CLASSES.values()]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        logits = np.asarray(model.predict(x.astype(np.float32), batch_size=128, verbose=0))[:, order]
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return run
+
+
 def litert_runner(path: Path, num_threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """(N, ...) float32 -> output, with a LiteRT interpreter (XNNPACK, the default delegate) at batch N."""
     from ai_edge_litert.interpreter import Interpreter
@@ -358,6 +376,8 @@ def main() -> None:
     parser.add_argument("--moodlens", choices=("4", "7"), default="4",
                         help="moodlens model: the shipped 4-class file, or the 7-class file restricted to 4")
     parser.add_argument("--ferplus", type=Path, default=SHARED / "ferplus" / "fer2013new.csv")
+    parser.add_argument("--faceapi-keras", type=Path,
+                        help="a fine-tuned face-api checkpoint (train --arch faceapi) in place of the original")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds (each: every model, --per-round runs)")
@@ -371,7 +391,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     report: dict = {"machine": machine(), "margins": args.margins, "weights": args.weights}
     faceapi = load_faceapi_expression_net(args.faceapi_dir)
-    run_keras = keras_runner(faceapi)
+    run_keras = keras_runner(faceapi) if args.faceapi_keras is None else tuned_runner(args.faceapi_keras)
+    report["faceapi"] = str(args.faceapi_keras or "face-api as published")
     analyzer = Analyzer(classes="4", num_threads=1)
     moodlens = analyzer.classifier if args.moodlens == "4" else restricted_to4(Analyzer(classes="7").classifier)
     report["moodlens_model"] = f"expression-{args.moodlens}.tflite"
