@@ -13,6 +13,7 @@ import time
 import click
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -62,6 +63,15 @@ def test_spark_batch_equals_batch_on_disk(spark, photo_set, photo_set_batch, tmp
     out = _read(tmp_path / "out")
     assert out.schema.remove_metadata() == photo_set_batch.schema.remove_metadata()
     assert_same_rows(out, photo_set_batch)
+    # issue 12 item 5: each part file names moodlens and the model, as batch's Parquet does
+    parts = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert len(parts) == 6
+    assert {_moodlens_metadata(pq.read_schema(p)) for p in parts} == {_moodlens_metadata(photo_set_batch.schema)}
+    assert dict(_moodlens_metadata(photo_set_batch.schema))[b"classes"] == b"angry,happy,neutral,sad"
+
+
+def _moodlens_metadata(schema) -> tuple:
+    return tuple((k, v) for k, v in sorted((schema.metadata or {}).items()) if not k.startswith(b"ARROW"))
 
 
 def test_spark_batch_binaryfile_reader_and_cli(spark, photo_set, photo_set_batch, tmp_path):

@@ -5,10 +5,12 @@ paths in `--partitions` partitions and runs the analyzer inside `mapInPandas`; e
 models once (module-level cache) and fetches the bytes itself through fsspec, since pyspark's bundled Hadoop
 has no S3 connector. On a cluster with hadoop-aws, `--read-with binaryFile` lets Spark read the files instead.
 
-Output is Parquet with the same schema as `moodlens batch` (a folder of part files). `s3://` destinations are
-written by the tasks through fsspec (one atomic PUT per partition); anything else (local, hdfs://, s3a://)
-by Spark's own writer. Either way the run writes DEST.incomplete and replaces DEST with it only once it is
-complete, so a killed or failed rerun leaves the previous output as it was.
+Output is Parquet with the same schema and file metadata as `moodlens batch` (a folder of part files). Local
+and `s3://` destinations are written by the tasks through fsspec (one atomic write per partition); hdfs://,
+s3a:// and other Hadoop URLs by Spark's own writer (whose files lack moodlens' key-value metadata: Spark's
+Parquet writer has no way to add any). Either way the run writes DEST.incomplete/<application id>/ and
+replaces DEST with it only once it is complete, so a killed or failed rerun leaves the previous output as it
+was, and tasks of a killed run that are still finishing write into their own run's folder, never the new one.
 
 Also runnable without the moodlens CLI:  spark-submit src/moodlens/cli/jobs.py batch|prepare SRC DEST [OPTIONS]
 (then --master defaults to spark-submit's own).
@@ -73,6 +75,11 @@ def spark_session(master: str | None = None, app_name: str = "moodlens", conf: d
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this venv
         settings["spark.ui.enabled"] = "false"
         settings["spark.driver.host"] = "127.0.0.1"
+    python = (conf or {}).get("spark.pyspark.python")
+    if python and not under_submit:
+        # spark-submit turns this setting into PYSPARK_PYTHON; a driver started here reads only the variable,
+        # and tells the executors to run that interpreter
+        os.environ["PYSPARK_PYTHON"] = python
     for k, v in {**settings, **(conf or {})}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
@@ -123,7 +130,7 @@ def _part_name() -> str:
 
 
 def _map_batches(batches: Iterator, *, rows_for: Callable, schema, counters: _Counters,
-                 write_to: str | None, endpoint: str | None) -> Iterator:
+                 write_to: str | None, endpoint: str | None, metadata: dict[str, str] | None = None) -> Iterator:
     """mapInPandas body: rows for each (path[, label][, content]) batch, yielded or written as one part."""
     import pandas as pd
     import pyarrow as pa
@@ -149,6 +156,8 @@ def _map_batches(batches: Iterator, *, rows_for: Callable, schema, counters: _Co
             tables.append(table)
     if write_to is not None:
         table = pa.concat_tables(tables) if tables else schema.empty_table()
+        if metadata:
+            table = table.replace_schema_metadata(metadata)
         if table.num_rows:
             # one object per partition, named by partition id: a retried task overwrites its own part
             storage.write_bytes(storage.join(write_to, _part_name()), batch.table_bytes(table, "parquet"), endpoint)
@@ -190,10 +199,11 @@ class SparkSummary:
 
 
 def _writer_for(dest: str, write_with: str) -> str:
-    # pyspark's Hadoop has no s3:// filesystem (and s3a:// only with hadoop-aws): s3:// goes through fsspec
+    # pyspark's Hadoop has no s3:// filesystem (and s3a:// only with hadoop-aws): s3:// goes through fsspec;
+    # so do local paths, whose part files then carry moodlens' metadata (Spark's Parquet writer cannot add it)
     if write_with != "auto":
         return write_with
-    return "fsspec" if dest.startswith("s3://") else "spark"
+    return "fsspec" if dest.startswith("s3://") or not storage.is_url(dest) else "spark"
 
 
 def _hadoop_path(url: str) -> str:
@@ -249,42 +259,48 @@ def staging_path(dest: str) -> str:
     return root + ".incomplete"
 
 
-def _swap_in(spark, staging: str, dest: str) -> None:
-    """Move Spark's finished output `staging` to `dest` through Hadoop's FileSystem (local, hdfs://, s3a://):
-    dest -> dest.previous, staging -> dest, then the previous output is deleted. The renames are atomic on a
-    local disk and HDFS; on s3a they are copies."""
+def _swap_in(spark, staging: str, run_dir: str, dest: str) -> None:
+    """Move Spark's finished output `run_dir` (inside `staging`) to `dest` through Hadoop's FileSystem (local,
+    hdfs://, s3a://): dest -> dest.previous, run_dir -> dest, then the previous output and `staging` are
+    deleted. The renames are atomic on a local disk and HDFS; on s3a they are copies."""
     jvm, conf = spark._jvm, spark._jsc.hadoopConfiguration()
-    target, new = jvm.org.apache.hadoop.fs.Path(dest), jvm.org.apache.hadoop.fs.Path(staging)
+    target, new = jvm.org.apache.hadoop.fs.Path(dest), jvm.org.apache.hadoop.fs.Path(run_dir)
     previous = jvm.org.apache.hadoop.fs.Path(dest.rstrip("/") + ".previous")
     fs = target.getFileSystem(conf)
     fs.delete(previous, True)  # left by a run killed between the two renames
     if fs.exists(target) and not fs.rename(target, previous):
         raise OSError(f"could not move the previous output {dest} aside")
     if not fs.rename(new, target):
-        raise OSError(f"could not move {staging} to {dest}")
+        raise OSError(f"could not move {run_dir} to {dest}")
     fs.delete(previous, True)
+    fs.delete(jvm.org.apache.hadoop.fs.Path(staging), True)
 
 
 def _run(spark, df, rows_for: Callable, arrow_schema, dest: str, write_with: str, endpoint: str | None,
-         ) -> SparkSummary:
+         metadata: dict[str, str] | None = None) -> SparkSummary:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     t0 = time.perf_counter()
     counters = _Counters.create(spark.sparkContext)
     writer = _writer_for(dest, write_with)
     staging = staging_path(dest)
-    body = functools.partial(_map_batches, rows_for=rows_for, schema=arrow_schema, counters=counters,
-                             write_to=staging if writer == "fsspec" else None, endpoint=endpoint)
     # A killed or failed run leaves DEST as it was: the output is written beside it and swapped in at the end.
+    # Each run writes in its own folder: executors of a killed driver can still be finishing tasks (until
+    # the cluster manager stops them), and their parts must not land among this run's.
+    run_dir = storage.join(staging, spark.sparkContext.applicationId)
+    body = functools.partial(_map_batches, rows_for=rows_for, schema=arrow_schema, counters=counters,
+                             write_to=run_dir if writer == "fsspec" else None, endpoint=endpoint,
+                             metadata=metadata)
     if writer == "fsspec":
-        storage.remove_tree(staging, endpoint)  # a killed run's partial output
+        storage.remove_tree(staging, endpoint)  # killed runs' partial output
         df.mapInPandas(body, "rows long").collect()
-        storage.write_bytes(storage.join(staging, "_SUCCESS"), b"", endpoint)
-        storage.replace_tree(staging, dest, endpoint)
+        storage.write_bytes(storage.join(run_dir, "_SUCCESS"), b"", endpoint)
+        storage.replace_tree(run_dir, dest, endpoint)
+        storage.remove_tree(staging, endpoint)
     else:
         out = df.mapInPandas(body, from_arrow_schema(arrow_schema))
-        out.write.mode("overwrite").parquet(_hadoop_path(staging))
-        _swap_in(spark, _hadoop_path(staging), _hadoop_path(dest))
+        out.write.mode("overwrite").parquet(_hadoop_path(run_dir))
+        _swap_in(spark, _hadoop_path(staging), _hadoop_path(run_dir), _hadoop_path(dest))
     return SparkSummary(images=counters.images.value, rows=counters.rows.value, faces=counters.faces.value,
                         errors=counters.errors.value, seconds=time.perf_counter() - t0,
                         task_seconds=counters.seconds.value, dest=dest)
@@ -300,11 +316,11 @@ def run_spark_batch(spark, src: str, dest: str, classes: str = "4", model_path: 
                     limit: int | None = None, endpoint: str | None = None) -> SparkSummary:
     """`moodlens batch`, on Spark: Parquet at DEST with the same schema and rows."""
     endpoint = storage.resolve_endpoint(endpoint)
-    classes_out = batch.model_classes(classes, model_path)
+    classes_out, metadata = batch.describe_model(classes, model_path)
     df = _paths_frame(spark, src, read_with, partitions or default_partitions(spark), limit, endpoint)
     rows_for = functools.partial(_analysis_rows, classes=classes, model_path=model_path, endpoint=endpoint,
                                  expected=classes_out)
-    return _run(spark, df, rows_for, batch.output_schema(classes_out), dest, write_with, endpoint)
+    return _run(spark, df, rows_for, batch.output_schema(classes_out), dest, write_with, endpoint, metadata)
 
 
 def run_spark_prepare(spark, src: str, dest: str, partitions: int | None = None, read_with: str = "fsspec",
