@@ -215,3 +215,18 @@ def test_large_transparent_pngs_leave_no_worker_bloated(server):
     assert max(after.values()) < AFTER_LIMIT, f"worker RSS after {mib(after)} MiB"
     assert max(later.values()) < AFTER_LIMIT
     assert server.healthy()
+
+
+@pytest.mark.slow
+def test_max_requests_restarts_the_worker_without_failing_a_request(tmp_path):
+    from live_server import serve
+
+    with serve("--workers", "1", "--max-requests", "5", "--rate-limit", "0", log_dir=tmp_path) as server:
+        first = worker_pids(server)
+        statuses = [server.request("GET", "/api/v1/health")[0] for _ in range(12)]
+        assert statuses == [200] * 12
+        deadline = time.monotonic() + 10
+        while not (worker_pids(server) and worker_pids(server) != first) and time.monotonic() < deadline:
+            time.sleep(0.1)  # between two workers, for a moment, there is none
+        assert len(first) == 1 and worker_pids(server) and worker_pids(server) != first
+        assert server.log.read_text().count("Autorestarting worker") >= 2
