@@ -5,9 +5,10 @@ Chromium on its fake camera (a Y4M video this script writes), every /api/v1/anal
 
 Scenes (640x480 camera, the page sends 640 px JPEGs at quality 0.8): `near`, the astronaut's face at arm's
 length (~180 px wide: BlazeFace alone); `far`, two heads of ~45 px, as faces 2-3 m from a laptop camera
-(the detector's YuNet path on a whole frame). Between whole frames the page sends only the region around the
-tracked faces (engine/track.py's RegionSearch). Prints the CPU, the load, the frames sent (whole frames: their
-share, size and bytes; regions: median size), the round trips per
+(the detector's YuNet path on a whole frame). Between whole frames the page sends only tiles around the
+tracked faces, side by side in one picture (engine/track.py's RegionSearch and Mosaic). Prints the CPU, the
+load, the frames sent (whole frames: their share, size and bytes; mosaics of tiles: median size), the round
+trips per
 second (timed in the page) and the page's own fps figure, the CPU time per frame of the server and of Chromium
 (what the round trip costs, whatever else runs on the machine), and the ids the page showed. Needs Chromium
 (/usr/bin/chromium), playwright and scikit-image.
@@ -204,9 +205,9 @@ def main() -> None:
                 r = measure(p, base, write_y4m(Path(tmp) / f"{kind}.y4m", scene(kind)), args.seconds, proc.pid)
                 f = r["frame"] or {}
                 part = r["region"]
-                regions = (f"regions {100 * (1 - r['whole']):.0f}% (median {part[0]:.0f}x{part[1]:.0f}, "
+                regions = (f"tiles {100 * (1 - r['whole']):.0f}% (median {part[0]:.0f}x{part[1]:.0f}, "
                            f"{part[2] / 1024:.0f} KiB, analysis {r['analyze_region_ms']:.0f} ms)") if part \
-                    else "no regions"
+                    else "no tiles"
                 print(f"{kind:5s} frames sent: whole {100 * r['whole']:.0f}% ({f.get('w')}x{f.get('h')} JPEG "
                       f"{f.get('bytes', 0) / 1024:.0f} KiB, analysis {r['analyze_whole_ms']:.0f} ms), {regions} | "
                       f"round trip {r['fps']:.1f} frames/s (median request-to-answer {r['latency_ms']:.0f} ms, "

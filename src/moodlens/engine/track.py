@@ -24,6 +24,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 Box = tuple[float, float, float, float]  # x, y, w, h
 
 DEFAULT_IOU = 0.3
@@ -175,9 +177,9 @@ class ScoreSmoother:
 
 
 DEFAULT_FULL_EVERY = 10  # at 20 frames/s a face that walks in is found within half a second
-DEFAULT_MARGIN = 1.0  # face sizes searched around each tracked face's predicted box, on every side
-DEFAULT_MAX_AREA = 0.5  # a region larger than this share of the frame saves too little: search it all
-MIN_REGION = 96  # px: the smallest region side (a far face of 20 px still gets some context)
+DEFAULT_MARGIN = 0.5  # face sizes searched around each tracked face's predicted box, on every side
+DEFAULT_MAX_AREA = 0.5  # tiles covering more than this share of the frame save too little: search it all
+MIN_REGION = 96  # px: the smallest tile side (a far face of 20 px still gets some context)
 
 Region = tuple[int, int, int, int]  # x, y, w, h in frame pixels
 
@@ -186,14 +188,16 @@ class RegionSearch:
     """Which part of the next frame the detector should search: the whole frame, or only around tracked faces.
 
     Searching a 640x480 frame whole costs YuNet's full pass when its faces are small (25-30 ms on one core,
-    more than a 20 frames/s budget leaves), while a region around a 50 px face, three times its size, is cheap
-    and its face fills enough of it for BlazeFace alone. So between whole-frame searches only the region around
-    the tracked faces is searched: `region(tracks, width, height)` returns that region, or None for the whole
-    frame, which it asks for when nothing is tracked, when a track was missed in the last frame (the face may
-    have moved out of its region), every `full_every` frames (faces that came into view), and when the region
-    would cover more than `max_area` of the frame. Faces found in a region keep their size in pixels (it is
-    cut, never scaled), so detection and the quality verdict see them as in the whole frame. The webcam page
-    does the same in the browser (`web/static/webcam.js`); `analyze_video(search="tracked")` here.
+    more than a 20 frames/s budget leaves), while a tile around a 50 px face, twice its size, is cheap: the face
+    fills enough of it for BlazeFace alone. So between whole-frame searches only tiles around the tracked faces
+    are searched, side by side in one picture (`Mosaic`): `tiles(tracks, width, height)` returns them, or None
+    for the whole frame, which it asks for when nothing is tracked, when a track was missed in the last frame
+    (the face may have moved out of its tile), every `full_every` frames (faces that came into view), and when
+    the tiles would cover more than `max_area` of the frame. Tiles that overlap are merged, so no face is seen
+    twice. Faces keep their size in pixels (tiles are cut, never scaled), so detection, the crop and the quality
+    verdict see them as in the whole frame; two faces of one size in a 2x1 mosaic are each a quarter of its
+    width, enough for BlazeFace to vouch for them (a fifth). The webcam page does the same in the browser
+    (`web/static/webcam.js`); `analyze_video(search="tracked")` here.
     """
 
     def __init__(self, full_every: int = DEFAULT_FULL_EVERY, margin: float = DEFAULT_MARGIN,
@@ -203,30 +207,49 @@ class RegionSearch:
         self.full_every, self.margin, self.max_area = full_every, margin, max_area
         self._since_full = 0
 
-    def region(self, tracks: Sequence[Track], width: int, height: int) -> Region | None:
-        """The region of the next frame to search (x, y, w, h, inside the frame), or None: the whole frame."""
+    def tiles(self, tracks: Sequence[Track], width: int, height: int) -> list[Region] | None:
+        """The tiles of the next frame to search (x, y, w, h, inside the frame), or None: the whole frame."""
         self._since_full += 1
         if not tracks or self._since_full >= self.full_every or any(t.missed for t in tracks):
             self._since_full = 0
             return None
-        x0, y0, x1, y1 = float(width), float(height), 0.0, 0.0
+        grown = []
         for t in tracks:
             x, y, w, h = t.predicted()
             pad = self.margin * max(w, h)
-            x0, y0 = min(x0, x - pad), min(y0, y - pad)
-            x1, y1 = max(x1, x + w + pad), max(y1, y + h + pad)
-        x0, x1 = _grow(x0, x1, width)
-        y0, y1 = _grow(y0, y1, height)
-        if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) > self.max_area * width * height:
+            (x0, x1), (y0, y1) = _grow(x - pad, x + w + pad, width), _grow(y - pad, y + h + pad, height)
+            grown.append([x0, y0, x1, y1])
+        tiles = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in _merged(grown)]
+        if any(w <= 0 or h <= 0 for _, _, w, h in tiles) or \
+                sum(w * h for _, _, w, h in tiles) > self.max_area * width * height:
             self._since_full = 0
             return None
-        return x0, y0, x1 - x0, y1 - y0
+        return sorted(tiles)
+
+
+def _merged(boxes: list[list[int]]) -> list[list[int]]:
+    """Boxes (x0, y0, x1, y1) with every overlapping pair replaced by its union, until none overlap."""
+    boxes = [list(b) for b in boxes]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    boxes[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
 
 
 def _grow(lo: float, hi: float, size: int) -> tuple[int, int]:
     """[lo, hi) as whole pixels inside [0, size), widened to MIN_REGION where the frame allows."""
     lo, hi = max(0, math.floor(lo)), min(size, math.ceil(hi))
-    if hi <= lo:  # the tracked faces are all predicted outside the frame
+    if hi <= lo:  # the tracked face is predicted outside the frame
         return lo, hi
     short = MIN_REGION - (hi - lo)
     if short > 0:
@@ -234,3 +257,54 @@ def _grow(lo: float, hi: float, size: int) -> tuple[int, int]:
         hi = min(size, lo + MIN_REGION)
         lo = max(0, hi - MIN_REGION)
     return lo, hi
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """Tiles of a frame laid out in one picture: a grid of ceil(sqrt(n)) columns, each cell as large as the
+    largest tile, each tile at its cell's top-left corner (the rest black)."""
+
+    tiles: tuple[Region, ...]
+
+    @property
+    def cols(self) -> int:
+        return math.ceil(math.sqrt(len(self.tiles)))
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        return max(t[2] for t in self.tiles), max(t[3] for t in self.tiles)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the mosaic."""
+        (cw, ch), cols = self.cell, self.cols
+        return cw * cols, ch * math.ceil(len(self.tiles) / cols)
+
+    def origin(self, i: int) -> tuple[int, int]:
+        """Where tile `i` sits in the mosaic."""
+        (cw, ch), cols = self.cell, self.cols
+        return (i % cols) * cw, (i // cols) * ch
+
+    def compose(self, rgb: np.ndarray) -> np.ndarray:
+        """The mosaic of an (H, W, 3) frame."""
+        w, h = self.size
+        out = np.zeros((h, w, 3), rgb.dtype)
+        for i, (x, y, tw, th) in enumerate(self.tiles):
+            mx, my = self.origin(i)
+            out[my:my + th, mx:mx + tw] = rgb[y:y + th, x:x + tw]
+        return out
+
+    def offset(self, box: Box) -> tuple[int, int] | None:
+        """(dx, dy) that moves a box found in the mosaic to the frame: that of the tile its centre is in, None
+        when the centre falls outside every tile (the black filler)."""
+        (cw, ch), cols = self.cell, self.cols
+        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+        col, row = int(cx // cw), int(cy // ch)
+        i = row * cols + col
+        if cx < 0 or cy < 0 or col >= cols or i >= len(self.tiles):
+            return None
+        x, y, tw, th = self.tiles[i]
+        mx, my = self.origin(i)
+        if cx - mx >= tw or cy - my >= th:
+            return None
+        return x - mx, y - my

@@ -21,7 +21,7 @@ import numpy as np
 from moodlens.engine.errors import NotAnImageError
 from moodlens.engine.result import FaceBox
 from moodlens.engine.safeio import csv_cell, printable, write_atomic
-from moodlens.engine.track import DEFAULT_ALPHA, FaceTracker, RegionSearch, ScoreSmoother
+from moodlens.engine.track import DEFAULT_ALPHA, FaceTracker, Mosaic, RegionSearch, ScoreSmoother
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 #: Containers OpenCV's FFmpeg writer puts MPEG-4 Part 2 ("mp4v") in. The opencv-python wheels have no H.264
@@ -136,13 +136,16 @@ def analyze_video(analyzer, path: str | Path, every: int = 1, progress: Callable
 def _tracked_faces(analyzer, rgb: np.ndarray, tracker: FaceTracker, smoother: ScoreSmoother,
                    min_face_score: float | None, regions: RegionSearch | None = None) -> list[tuple[int, int, object]]:
     """(face_id, face_index, face) per face of the frame, the face's scores smoothed, by face_index."""
-    region = regions.region(tracker.tracks, rgb.shape[1], rgb.shape[0]) if regions is not None else None
-    if region is None:
+    tiles = regions.tiles(tracker.tracks, rgb.shape[1], rgb.shape[0]) if regions is not None else None
+    if tiles is None:
         found = analyzer.analyze(rgb, min_face_score=min_face_score).faces
     else:
-        x, y, w, h = region
-        inside = analyzer.analyze(rgb[y:y + h, x:x + w], min_face_score=min_face_score).faces
-        found = [_shifted(f, x, y) for f in inside]
+        mosaic = Mosaic(tuple(tiles))
+        found = []
+        for face in analyzer.analyze(mosaic.compose(rgb), min_face_score=min_face_score).faces:
+            offset = mosaic.offset(tuple(face.box))
+            if offset is not None:  # a face centred on the black filler is no face of the frame
+                found.append(_shifted(face, *offset))
     ids = tracker.update(found)
     smoother.keep(tracker.active_ids)
     out = []
@@ -155,7 +158,7 @@ def _tracked_faces(analyzer, rgb: np.ndarray, tracker: FaceTracker, smoother: Sc
 
 
 def _shifted(face, dx: float, dy: float):
-    """A face found in a region at (dx, dy) of the frame, in the frame's pixels."""
+    """A face found in a mosaic's tile, in the frame's pixels (`Mosaic.offset`)."""
     b = face.box
     return replace(face, box=FaceBox(b.x + dx, b.y + dy, b.w, b.h),
                    keypoints=[(kx + dx, ky + dy) for kx, ky in face.keypoints])

@@ -1,7 +1,8 @@
 /* moodlens webcam page: capture frames, send them (JPEG, up to 640 px on the long side) one at a time, draw faces
    on the video. Each face keeps its number from frame to frame (a tracker in this page, as the engine's
    engine/track.py does for videos) and its scores are averaged over its last few frames. Between whole frames
-   only the region around the tracked faces is sent (engine/track.py's RegionSearch). The preview is mirrored
+   only tiles around the tracked faces are sent, side by side in one picture (engine/track.py's RegionSearch and
+   Mosaic). The preview is mirrored
    (CSS, like a mirror); the frames sent are not, and the boxes are drawn mirrored to match. */
 "use strict";
 (function () {
@@ -20,14 +21,14 @@
   const MAX_MISSED = 5;
   const MAX_JUMP = 1.0;
   const ALPHA = 0.4; // weight of the newest frame in each face's moving average of its scores
-  // region search (engine/track.py's RegionSearch, same rules and defaults): a whole 640x480 frame with faces
-  // 2-3 m away takes the server's slow detector path (25-30 ms of one core for the frame's small faces); the
-  // region around them, cut at its own pixels, is found by the fast one. The whole frame still goes every
-  // FULL_EVERY frames (faces that come into view), and whenever a tracked face was missed.
+  // region search (engine/track.py's RegionSearch and Mosaic, same rules and defaults): a whole 640x480 frame
+  // with faces 2-3 m away takes the server's slow detector path (25-30 ms of one core for the frame's small
+  // faces); tiles around them, cut at their own pixels and laid side by side, are found by the fast one. The
+  // whole frame still goes every FULL_EVERY frames (faces that come into view), and whenever a face was missed.
   const FULL_EVERY = 10;
-  const MARGIN = 1.0; // face sizes around each tracked face's predicted box
-  const MAX_AREA = 0.5; // a region over this share of the frame: send the frame
-  const MIN_REGION = 96; // px
+  const MARGIN = 0.5; // face sizes around each tracked face's predicted box
+  const MAX_AREA = 0.5; // tiles covering more than this share of the frame: send the frame
+  const MIN_REGION = 96; // px, the smallest tile side
   // the face list (thumbnails, a bar per class) is rebuilt at most this often unless its faces change: rebuilt
   // for every frame it took the browser more CPU than the server's analysis (benchmarks/bench_webcam.py)
   const LIST_EVERY_MS = 250;
@@ -45,7 +46,7 @@
   const note = document.getElementById("cam-uncertain-note");
   // one canvas per frame that can be on its way, and one more: a frame's thumbnails are cut from its own canvas
   const canvases = [0, 1, 2].map(function () { return document.createElement("canvas"); });
-  const regionCanvas = document.createElement("canvas"); // the part of a frame that is sent instead of all of it
+  const mosaicCanvas = document.createElement("canvas"); // the tiles of a frame sent instead of all of it
 
   let stream = null;
   let session = 0; // bumped on every start and stop; a loop whose session is over ends
@@ -137,29 +138,47 @@
       return [lo, hi];
     }
 
-    /* The region [x, y, w, h] of the next frame (width x height) to send, or null for the whole frame. */
-    function region(width, height) {
+    /* Boxes [x0, y0, x1, y1] with every overlapping pair replaced by its union, until none overlap. */
+    function merged(boxes) {
+      boxes = boxes.map(function (b) { return b.slice(); });
+      for (let again = true; again;) {
+        again = false;
+        for (let i = 0; i < boxes.length && !again; i++) {
+          for (let j = i + 1; j < boxes.length && !again; j++) {
+            const a = boxes[i];
+            const b = boxes[j];
+            if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) {
+              boxes[i] = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[2], b[2]), Math.max(a[3], b[3])];
+              boxes.splice(j, 1);
+              again = true;
+            }
+          }
+        }
+      }
+      return boxes;
+    }
+
+    /* The tiles [[x, y, w, h], ...] of the next frame (width x height) to send, or null for the whole frame. */
+    function tiles(width, height) {
       sinceFull++;
       if (!tracks.length || sinceFull >= FULL_EVERY || tracks.some(function (t) { return t.missed > 0; })) {
         sinceFull = 0;
         return null;
       }
-      let x0 = width, y0 = height, x1 = 0, y1 = 0;
-      for (const t of tracks) {
+      const grown = tracks.map(function (t) {
         const [x, y, w, h] = predicted(t);
         const pad = MARGIN * Math.max(w, h);
-        x0 = Math.min(x0, x - pad);
-        y0 = Math.min(y0, y - pad);
-        x1 = Math.max(x1, x + w + pad);
-        y1 = Math.max(y1, y + h + pad);
-      }
-      [x0, x1] = grow(x0, x1, width);
-      [y0, y1] = grow(y0, y1, height);
-      if (x1 <= x0 || y1 <= y0 || (x1 - x0) * (y1 - y0) > MAX_AREA * width * height) {
+        const [x0, x1] = grow(x - pad, x + w + pad, width);
+        const [y0, y1] = grow(y - pad, y + h + pad, height);
+        return [x0, y0, x1, y1];
+      });
+      const out = merged(grown).map(function (b) { return [b[0], b[1], b[2] - b[0], b[3] - b[1]]; });
+      const area = out.reduce(function (sum, t) { return sum + t[2] * t[3]; }, 0);
+      if (out.some(function (t) { return t[2] <= 0 || t[3] <= 0; }) || area > MAX_AREA * width * height) {
         sinceFull = 0;
         return null;
       }
-      return [x0, y0, x1 - x0, y1 - y0];
+      return out.sort(function (a, b) { return a[0] - b[0] || a[1] - b[1] || a[2] - b[2] || a[3] - b[3]; });
     }
 
     /* The result with each face given its id (`id`) and its scores averaged over its recent frames (the
@@ -182,7 +201,7 @@
       return Object.assign({}, result, { faces: faces });
     }
 
-    return { track: track, region: region };
+    return { track: track, tiles: tiles };
   }
 
   function say(text, isError) {
@@ -213,8 +232,30 @@
     }
   }
 
+  /* Tiles laid out as engine/track.py's Mosaic does: a grid of ceil(sqrt(n)) columns, cells as large as the
+     largest tile, each tile at its cell's top-left corner. */
+  function mosaicOf(tiles) {
+    const cols = Math.ceil(Math.sqrt(tiles.length));
+    const cw = Math.max.apply(null, tiles.map(function (t) { return t[2]; }));
+    const ch = Math.max.apply(null, tiles.map(function (t) { return t[3]; }));
+    const origin = function (i) { return [(i % cols) * cw, Math.floor(i / cols) * ch]; };
+    /* [dx, dy] moving a box found in the mosaic to the frame, or null when its centre is on the filler. */
+    function offset(box) {
+      const cx = box[0] + box[2] / 2;
+      const cy = box[1] + box[3] / 2;
+      const col = Math.floor(cx / cw);
+      const i = Math.floor(cy / ch) * cols + col;
+      if (cx < 0 || cy < 0 || col >= cols || i >= tiles.length) return null;
+      const [mx, my] = origin(i);
+      if (cx - mx >= tiles[i][2] || cy - my >= tiles[i][3]) return null;
+      return [tiles[i][0] - mx, tiles[i][1] - my];
+    }
+    return { tiles: tiles, width: cw * cols, height: ch * Math.ceil(tiles.length / cols), origin: origin,
+      offset: offset };
+  }
+
   /* The current video frame drawn into `canvas` (which keeps it for the face thumbnails), and as a JPEG: all of
-     it, or only the region the tracker asks for ({blob, region: [x, y, w, h] or null}). */
+     it, or only the tiles the tracker asks for ({blob, mosaic: see mosaicOf, or null}). */
   async function grab(canvas) {
     const w = video.videoWidth;
     const h = video.videoHeight;
@@ -222,29 +263,38 @@
     canvas.width = Math.round(w * scale);
     canvas.height = Math.round(h * scale);
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-    const region = tracker.region(canvas.width, canvas.height);
+    const tiles = tracker.tiles(canvas.width, canvas.height);
+    const mosaic = tiles ? mosaicOf(tiles) : null;
     let source = canvas;
-    if (region) {
-      regionCanvas.width = region[2];
-      regionCanvas.height = region[3];
-      regionCanvas.getContext("2d").drawImage(canvas, region[0], region[1], region[2], region[3],
-        0, 0, region[2], region[3]);
-      source = regionCanvas;
+    if (mosaic) {
+      mosaicCanvas.width = mosaic.width;
+      mosaicCanvas.height = mosaic.height;
+      const ctx = mosaicCanvas.getContext("2d");
+      ctx.fillStyle = "#000";
+      ctx.fillRect(0, 0, mosaic.width, mosaic.height);
+      tiles.forEach(function (t, i) {
+        const [mx, my] = mosaic.origin(i);
+        ctx.drawImage(canvas, t[0], t[1], t[2], t[3], mx, my, t[2], t[3]);
+      });
+      source = mosaicCanvas;
     }
     const blob = await new Promise(function (resolve) { source.toBlob(resolve, "image/jpeg", QUALITY); });
-    return { blob: blob, region: region };
+    return { blob: blob, mosaic: mosaic };
   }
 
-  /* An answer for a region, in the whole frame's pixels (the region was cut at the frame's scale). */
-  function inFrame(body, region, canvas) {
-    if (!region) return body;
-    const [dx, dy] = region;
-    const faces = body.faces.map(function (f) {
-      return Object.assign({}, f, {
-        box: [f.box[0] + dx, f.box[1] + dy, f.box[2], f.box[3]],
-        keypoints: (f.keypoints || []).map(function (p) { return [p[0] + dx, p[1] + dy]; }),
-      });
-    });
+  /* An answer for a mosaic, in the whole frame's pixels (tiles are cut at the frame's scale); a face centred on
+     the filler between tiles is no face of the frame. */
+  function inFrame(body, mosaic, canvas) {
+    if (!mosaic) return body;
+    const faces = [];
+    for (const f of body.faces) {
+      const d = mosaic.offset(f.box);
+      if (!d) continue;
+      faces.push(Object.assign({}, f, {
+        box: [f.box[0] + d[0], f.box[1] + d[1], f.box[2], f.box[3]],
+        keypoints: (f.keypoints || []).map(function (p) { return [p[0] + d[0], p[1] + d[1]]; }),
+      }));
+    }
     return Object.assign({}, body, { width: canvas.width, height: canvas.height, faces: faces });
   }
 
@@ -313,7 +363,7 @@
     }
     if (n < st.shown) return; // overtaken by a newer frame's answer
     st.shown = n;
-    const result = tracker.track(inFrame(res.body, frame.region, canvas));
+    const result = tracker.track(inFrame(res.body, frame.mosaic, canvas));
     M.drawFaces(overlay, result, { mirror: true });
     const now = performance.now();
     const ids = result.faces.map(function (f) { return f.id; }).join(" ");
