@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,13 +61,16 @@ def transparent_png(side: int = 6320) -> bytes:
 
 
 def worker_pids(server: Server) -> list[int]:
-    """The gunicorn workers: the children of the `moodlens serve` process."""
-    pid = server.proc.pid
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+    """The gunicorn workers: the children of the `moodlens serve` process (from /proc/<pid>/stat's parent)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == server.proc.pid:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
 
 
 class Sampler:
@@ -98,12 +102,12 @@ class Sampler:
         return max(self.peaks.values(), default=0)
 
 
-def settled(server: Server, below: int, within: float = 15) -> dict[int, int]:
-    """Workers' resident memory once every worker is under `below` (or `within` seconds passed)."""
+def settled(server: Server, below: int, workers: int = 2, within: float = 15) -> dict[int, int]:
+    """Workers' resident memory once all `workers` run and are under `below` (or `within` seconds passed)."""
     deadline = time.monotonic() + within
     while True:
         now = {pid: rss_bytes(pid) for pid in worker_pids(server)}
-        if (now and max(now.values()) < below) or time.monotonic() > deadline:
+        if (len(now) == workers and max(now.values()) < below) or time.monotonic() > deadline:
             return now
         time.sleep(0.2)
 
@@ -195,6 +199,7 @@ def test_four_explains_on_a_54_face_mosaic(server):
     after = settled(server, AFTER_LIMIT)
     print(f"one explain {one:.2f} s; 4 at once: peak {mib(sampler.peaks)} MiB, after {mib(after)} MiB")
     assert all(len(r["faces"]) == 54 for r in results)
+    assert len(sampler.peaks) >= 2 and len(after) == 2  # both workers seen
     assert sampler.peak <= PEAK_LIMIT, f"peak worker RSS {mib(sampler.peaks)} MiB"
     assert max(after.values()) < AFTER_LIMIT, f"worker RSS after {mib(after)} MiB"
     assert server.healthy()
@@ -205,8 +210,9 @@ def test_large_transparent_pngs_leave_no_worker_bloated(server):
     png = transparent_png()
     assert len(png) < 400_000
     with Sampler(server).running() as sampler:
-        results = post_all(server, [png] * int(os.environ.get("MOODLENS_TEST_PNGS", "3")), "", 4, "image/png")
+        results = post_all(server, [png] * int(os.environ.get("MOODLENS_TEST_PNGS", "2")), "", 4, "image/png")
     assert all(r["width"] == r["height"] == 6320 for r in results)
+    assert sampler.peak > AFTER_LIMIT  # the workers were seen decoding
     after = settled(server, AFTER_LIMIT)
     small = mosaic(cols=3, rows=2)
     post_all(server, [small] * 20, "", 4, "image/jpeg")  # the workers go on answering normal requests
