@@ -109,14 +109,13 @@ class Cluster:
         """Which worker runs an executor: its work dir holds <app>/<executor>/."""
         return next(n for n in self.procs if (self.dir / n / app_id / executor_id).is_dir())
 
-    def task_attempts(self, app_id: str) -> dict[str, tuple[set[str], set[str]]]:
-        """Per worker, the (started, finished) task attempts ("3.0", "3.1", ...) its executors logged for an
-        app. The driver logs a task lost with its executor at INFO only, so the executors' logs tell."""
+    def task_attempts(self, app_id: str) -> dict[str, set[str]]:
+        """Per worker, the task attempts ("3.0", "3.1", ...) its executors ran for an app. (The driver logs a
+        task lost with its executor at INFO only, so the executors' logs tell.)"""
         out = {}
         for folder in (p for p in self.dir.glob("worker-*") if p.is_dir()):
             text = "".join(f.read_text(errors="replace") for f in (folder / app_id).glob("*/stderr"))
-            out[folder.name] = (set(re.findall(r"Running task (\S+) in stage", text)),
-                         set(re.findall(r"Finished task (\S+) in stage", text)))
+            out[folder.name] = set(re.findall(r"Running task (\S+) in stage", text))
         return out
 
     def processes_in(self, name: str) -> list[int]:
