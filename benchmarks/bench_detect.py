@@ -1,6 +1,7 @@
 """Face detection on real photos: group counts, no-face photos, single faces; recall by face size; ms per photo.
 
     python benchmarks/bench_detect.py [--photos ../shared/data/photos-dev] [--detectors auto short full yunet]
+        [--option recheck=0] [--option verify_from=0.5]   (FaceDetector options: the figures without them)
 
 photos-dev (validation only, never training): `group/` photos with hand counts and boxes (`boxes.csv`),
 `noface/` photos, `single/` photos with one face each. A group photo counts as right when the number of faces
@@ -36,7 +37,10 @@ def main() -> None:
     parser.add_argument("--detectors", nargs="+", default=["auto", "short", "full", "yunet"])
     parser.add_argument("--scale-test", action="store_true", help="also run the synthetic scale tests")
     parser.add_argument("--only-scale-test", action="store_true", help="run only the synthetic scale tests")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=NUMBER",
+                        help="a FaceDetector option for every detector, e.g. recheck=0 (no recheck)")
     args = parser.parse_args()
+    options = {k: float(v) for k, v in (o.split("=", 1) for o in args.option)}
     cv2.setNumThreads(1)
     root = Path(args.photos)
     rows = list(csv.DictReader((root / "labels.csv").open()))
@@ -44,9 +48,9 @@ def main() -> None:
     for b in csv.DictReader((root / "boxes.csv").open()):
         boxes[b["file"]].append([float(b[k]) for k in ("x", "y", "w", "h")])
     images = {r["file"]: decode_image(root / r["file"], max_pixels=60_000_000) for r in rows}
-    print(f"machine: {machine()}; {len(rows)} photos from {root}")
+    print(f"machine: {machine()}; {len(rows)} photos from {root}; options {options or 'default'}")
     if args.scale_test or args.only_scale_test:
-        scale_test(args.detectors, rows, images)
+        scale_test(args.detectors, rows, images, options)
         if args.only_scale_test:
             return
     print("| detector | group counts ok (of 36) | no-face clean (of 28) | single found (of 194) | false faces, "
@@ -54,7 +58,7 @@ def main() -> None:
           "| ms/photo median (group, single) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.detectors:
-        det = FaceDetector(name)
+        det = FaceDetector(name, **options)
         ok = clean = single = false_faces = 0
         hit, total = np.zeros(len(SIZE_BINS)), np.zeros(len(SIZE_BINS))
         matched = found_n = 0
@@ -136,7 +140,7 @@ def scale_canvases(rows: list[dict], images: dict, width: int, patches, rng) -> 
     return out
 
 
-def scale_test(detectors: list[str], rows: list[dict], images: dict) -> None:
+def scale_test(detectors: list[str], rows: list[dict], images: dict, options: dict | None = None) -> None:
     """Recall by pasted face width on 4000x3000 canvases, and ms per canvas, for each detector."""
     patches = face_patches(rows, images)
     rng = np.random.default_rng(0)
@@ -147,7 +151,7 @@ def scale_test(detectors: list[str], rows: list[dict], images: dict) -> None:
     print("| detector | " + " | ".join(f"{w} px" for w in SCALE_WIDTHS) + " | extra boxes per canvas | ms/canvas |")
     print("|---|" + "---|" * (len(SCALE_WIDTHS) + 2))
     for name in detectors:
-        det = FaceDetector(name)
+        det = FaceDetector(name, **(options or {}))
         recalls, extra, ms = [], [], []
         for w in SCALE_WIDTHS:
             hit = total = 0

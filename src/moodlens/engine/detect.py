@@ -340,10 +340,11 @@ class FaceDetector:
     well, keeping the confident short-range faces it does not overlap. Where YuNet ran, the two detectors must
     agree: a short-range face YuNet did not find, and a YuNet face BlazeFace confirmed but YuNet scored under
     `recheck_below`, stay only if YuNet, shown the face alone (`_YuNet.confirm`), scores it `recheck` or more.
-    Measured on photos-dev (36 group photos, 28 without a face, 194 single faces): group counts within
-    max(1, 10%) on 34 (BlazeFace-only `auto`: 19), no-face photos clean on 27 (24 without the recheck: the
-    masks, the cat and the dog it now leaves out; the monkey both detectors take for a face), every single face
-    found (194).
+    `verify_from`: the lowest score of a small face of the full-size pass (photos over 1920 px) that YuNet looks
+    at again, enlarged (0.5: none; `recheck=0` turns the recheck off). Measured on photos-dev (36 group photos,
+    28 without a face, 194 single faces): group counts within max(1, 10%) on 34 (BlazeFace-only `auto`: 19),
+    no-face photos clean on 27 (24 without the recheck: the masks, the cat and the dog it now leaves out; the
+    monkey both detectors take for a face), every single face found (194).
     `detect(rgb, large)`: `large` (optional) gives the same picture at full resolution for YuNet's small faces.
     Models load once; `detect` is thread-safe (interpreters are lent one caller at a time).
     """
@@ -351,7 +352,7 @@ class FaceDetector:
     def __init__(self, model: str = "auto", min_score: float = 0.5, iou_threshold: float = 0.3,
                  num_threads: int = 1, full_range_from: int = 1280, small_face: float = 0.2,
                  trust: float = 0.75, yunet_min_score: float = 0.75, confirm_below: float = 0.9,
-                 recheck: float = 0.7, recheck_below: float = 0.9):
+                 recheck: float = 0.7, recheck_below: float = 0.9, verify_from: float = 0.3):
         if model not in DETECTORS:
             raise ValueError(f"unknown detector {model!r}; choose one of {DETECTORS}")
         self.model = model
@@ -364,7 +365,8 @@ class FaceDetector:
         self.recheck, self.recheck_below = recheck, recheck_below
         names = ("short",) if model in ("auto", "yunet") else (model,)  # short range refines YuNet's faces
         self._models = {name: _Model(name, num_threads) for name in names}
-        self._yunet = _YuNet(yunet_min_score, iou_threshold) if model in ("auto", "yunet") else None
+        self._yunet = _YuNet(yunet_min_score, iou_threshold, verify_from=verify_from) \
+            if model in ("auto", "yunet") else None
 
     def _run(self, name: str, rgb: np.ndarray) -> list[Detection]:
         return weighted_nms(*self._models[name].candidates(rgb, self.min_score), self.iou_threshold)
