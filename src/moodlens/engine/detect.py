@@ -399,7 +399,7 @@ class FaceDetector:
         best = int(overlap.argmax())
         if overlap[best] < 0.5:
             return d if d.score >= self.confirm_below else None
-        if d.score < self.recheck_below and self._yunet.confirm(rgb, d.box) < self.recheck:
+        if self.recheck and d.score < self.recheck_below and self._yunet.confirm(rgb, d.box) < self.recheck:
             return None
         return Detection(local[best].box, d.score, local[best].keypoints)
 
