@@ -162,15 +162,24 @@ def keras_runner(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.asarray(model.predict(x.astype(np.float32), batch_size=128, verbose=0))
 
 
-def tuned_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def tuned_runner(path: Path, faceapi_dir: Path, alpha: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
     """A fine-tuned face-api checkpoint (logits over FER2013's 7 classes) as face-api-order probabilities, so it
-    drops in for the original (faceapi_to4 then restricts it as before)."""
+    drops in for the original (faceapi_to4 then restricts it as before). `alpha` < 1 interpolates its weights
+    with the original's, (1 - alpha) * original + alpha * tuned (WiSE-FT, Wortsman et al. 2022)."""
     import keras
 
-    from moodlens.training.faceapi import FACEAPI_CLASSES
+    from moodlens.training.faceapi import FACEAPI_CLASSES, faceapi_classifier
     from moodlens.training.labels import FER2013_CLASSES
 
     model = keras.models.load_model(path, compile=False)
+    if alpha != 1.0:
+        original = faceapi_classifier(faceapi_dir, FER2013_CLASSES)
+        for layer in model.layers:
+            if layer.weights:
+                mixed = [(1 - alpha) * w0 + alpha * w1
+                         for w0, w1 in zip(original.get_layer(layer.name).get_weights(), layer.get_weights(),
+                                           strict=True)]
+                layer.set_weights(mixed)
     order = [FER2013_CLASSES.index(c) for c in FACEAPI_CLASSES.values()]
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -378,6 +387,8 @@ def main() -> None:
     parser.add_argument("--ferplus", type=Path, default=SHARED / "ferplus" / "fer2013new.csv")
     parser.add_argument("--faceapi-keras", type=Path,
                         help="a fine-tuned face-api checkpoint (train --arch faceapi) in place of the original")
+    parser.add_argument("--wise-alpha", type=float, default=1.0,
+                        help="with --faceapi-keras: weights (1-a) original + a tuned (1: the tuned net as is)")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds (each: every model, --per-round runs)")
@@ -391,8 +402,10 @@ def main() -> None:
     print(f"machine: {machine()}")
     report: dict = {"machine": machine(), "margins": args.margins, "weights": args.weights}
     faceapi = load_faceapi_expression_net(args.faceapi_dir)
-    run_keras = keras_runner(faceapi) if args.faceapi_keras is None else tuned_runner(args.faceapi_keras)
-    report["faceapi"] = str(args.faceapi_keras or "face-api as published")
+    run_keras = keras_runner(faceapi) if args.faceapi_keras is None else \
+        tuned_runner(args.faceapi_keras, args.faceapi_dir, args.wise_alpha)
+    report["faceapi"] = f"{args.faceapi_keras} (WiSE alpha {args.wise_alpha})" if args.faceapi_keras \
+        else "face-api as published"
     analyzer = Analyzer(classes="4", num_threads=1)
     moodlens = analyzer.classifier if args.moodlens == "4" else restricted_to4(Analyzer(classes="7").classifier)
     report["moodlens_model"] = f"expression-{args.moodlens}.tflite"

@@ -66,3 +66,24 @@ def test_a_network_that_takes_no_face_crop_is_refused(tmp_path):
     path = export_tflite(keras.Model(x, keras.layers.Dense(4)(x)), tmp_path / "other.tflite", list(range(4)))
     with pytest.raises(ModelError, match="not an expression model"):
         ExpressionClassifier(path)
+
+
+def test_the_analyzer_cuts_one_crop_per_input_and_explains_all_of_them_at_once(fused_file, astronaut_jpeg_bytes):
+    from moodlens.engine.align import align_crop
+    from moodlens.engine.analyzer import Analyzer
+
+    path, _ = fused_file
+    analyzer = Analyzer(model_path=path)
+    result = analyzer.analyze(astronaut_jpeg_bytes, explain=True)
+    assert len(result.faces) == 1
+    face = result.faces[0]
+    assert len(face.heatmap) == 7 and all(len(row) == 7 for row in face.heatmap)
+    # the scores are the file's on the aligner's two crops of that face, cut from the same detection
+    import cv2
+
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(astronaut_jpeg_bytes, np.uint8), cv2.IMREAD_COLOR),
+                       cv2.COLOR_BGR2RGB)
+    d = max(analyzer.detector.detect(rgb), key=lambda f: f.score)
+    want = analyzer.classifier.predict([align_crop(rgb, d, 48, grey=True)[None],
+                                        align_crop(rgb, d, 112, grey=False)[None]])[0]
+    np.testing.assert_allclose([face.scores[c] for c in analyzer.classes], want, atol=2e-3)

@@ -23,7 +23,7 @@ import pytest
 
 from live_server import Server
 from moodlens.engine.analyzer import MAX_EXPLAIN_FACES
-from moodlens.web.serve import MemoryGuard, rss_bytes, tune_allocator
+from moodlens.web.serve import MemoryGuard, release_memory, rss_bytes, tune_allocator
 
 MIB = 2**20
 PEAK_LIMIT = 600 * MIB  # the bounds, per worker
@@ -170,6 +170,7 @@ def test_explain_covers_the_best_faces_and_says_why_not_the_rest(analyzer):
 
 def test_memory_guard_gives_memory_back_and_flags_a_worker_over_its_limit():
     tune_allocator()
+    release_memory()  # earlier tests in this process may have left freed heap resident, which blocks would reuse
     start = rss_bytes()
     guard = MemoryGuard(limit=start + 100 * MIB, retrim_after=0)
     assert start > 0 and guard.after_request() is None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_face
-from moodlens.engine.classify import ExpressionClassifier
+from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_crop
+from moodlens.engine.classify import FER_CROP, CropSpec, ExpressionClassifier
 from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, Picture, decode_picture
 from moodlens.engine.detect import Detection, FaceDetector
 from moodlens.engine.explain import occlusion_heatmaps, predict_in_passes
@@ -94,17 +94,19 @@ class Analyzer:
         t2 = time.perf_counter()
         crops = np.stack([self._crop(picture, d) for d in found]) if found else \
             np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+        model_input = self._model_input(picture, found, crops)
         detections = [d.scaled(1 / picture.scale) for d in found]  # in full-size image pixels
         width, height = picture.width, picture.height
         del picture  # a large image's pixels (120 MB at 40 Mpx) need not live while faces are classified
         t3 = time.perf_counter()
-        probs = predict_in_passes(self.classifier.predict, crops)  # the image's faces, a few batches at most
+        probs = predict_in_passes(self._predict(model_input), np.arange(len(crops)))  # a few batches at most
         t4 = time.perf_counter()
         timings.update(decode=_ms(t0, t1), detect=_ms(t1, t2), align=_ms(t2, t3), classify=_ms(t3, t4))
         heatmaps: list = []
         if explain:
             n = len(crops) if self.max_explain_faces is None else min(len(crops), self.max_explain_faces)
-            heatmaps = occlusion_heatmaps(self.classifier.predict, crops[:n], probs[:n])
+            heatmaps = occlusion_heatmaps(self.classifier.predict, [x[:n] for x in model_input] if
+                                          len(model_input) > 1 else model_input[0][:n], probs[:n])
             timings["explain"] = _ms(t4, time.perf_counter())
         faces = [
             self._face(d, p, heatmaps[i] if i < len(heatmaps) else None, width, height, crops[i],
@@ -144,15 +146,25 @@ class Analyzer:
             if held:
                 _LARGE_SEARCH.release()
 
+    def _model_input(self, picture: Picture, found: list[Detection], crops48: np.ndarray) -> list[np.ndarray]:
+        """One array of crops per input of the model (classify.CropSpec), the 48x48 grey ones already cut."""
+        return [crops48 if spec == FER_CROP else
+                np.stack([self._crop(picture, d, spec) for d in found]) if found else
+                np.zeros((0, spec.size, spec.size, spec.channels), np.uint8) for spec in self.classifier.inputs]
+
+    def _predict(self, model_input: list[np.ndarray]):
+        """predict() over faces picked by index: predict_in_passes can then batch several inputs alike."""
+        return lambda index: self.classifier.predict([x[index] for x in model_input])
+
     @staticmethod
-    def _crop(picture: Picture, d: Detection) -> np.ndarray:
-        """The face's 48x48 crop from the decoded pixels, or from the full image where it is too small in them."""
+    def _crop(picture: Picture, d: Detection, spec: CropSpec = FER_CROP) -> np.ndarray:
+        """The face's crop from the decoded pixels, or from the full image where it is too small in them."""
         # at least twice the crop's side in the decoded pixels: the aligner still averages k x k blocks, so the
         # crop is as sharp as one from the full image (on photos-dev one photo of 140, an uncertain face cut by
         # the edge, reads differently either way: 0.31 happy vs 0.30 sad)
-        if max(d.box[2], d.box[3]) * CROP_SCALE >= 2 * FACE_SIZE or picture.scale == 1:
-            return align_face(picture.rgb, d)
-        return align_face(picture.full(), d.scaled(1 / picture.scale))
+        if max(d.box[2], d.box[3]) * CROP_SCALE >= 2 * spec.size or picture.scale == 1:
+            return align_crop(picture.rgb, d, spec.size, spec.grey)
+        return align_crop(picture.full(), d.scaled(1 / picture.scale), spec.size, spec.grey)
 
     def _read(self, p: np.ndarray) -> tuple[str, dict[str, float], bool]:
         scores = {c: float(v) for c, v in zip(self.classes, p, strict=True)}

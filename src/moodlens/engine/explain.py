@@ -13,7 +13,7 @@ copy is no faster than calls of 49 (0.60 vs 0.75 ms a copy).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -27,15 +27,25 @@ MAX_PASS = 64
 
 
 def occlusion_batch(faces: np.ndarray, patch: int = PATCH, stride: int = STRIDE, fill: int = FILL) -> np.ndarray:
-    """Every occluded copy of every face: (N * G * G, 48, 48) float32, face-major, row-major grid of G x G."""
-    faces = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE)
-    starts = range(0, FACE_SIZE - patch + 1, stride)
+    """Every occluded copy of every face: (N * G * G, S, S[, C]) float32, face-major, row-major grid of G x G.
+
+    `faces` are 48x48 grey crops (N, 48, 48[, 1]) or any square crops (N, S, S, C); `patch` and `stride` are in
+    48x48 pixels, scaled to S, so that every crop of a face (a fused model reads several) is hidden in the same
+    place."""
+    faces = np.asarray(faces, np.float32)
+    if faces.ndim < 4 or faces.shape[-1] == 1:  # grey: (S, S), (N, S, S) or (N, S, S, 1)
+        size = faces.shape[-2] if faces.ndim == 4 else faces.shape[-1]
+        faces = faces.reshape(-1, size, size)
+    size = faces.shape[1]
+    k = size / FACE_SIZE
+    side = round(patch * k)
+    starts = [round(v * k) for v in range(0, FACE_SIZE - patch + 1, stride)]
     g = len(starts)
-    out = np.repeat(faces[:, None], g * g, axis=1)  # (N, G*G, 48, 48)
+    out = np.repeat(faces[:, None], g * g, axis=1)  # (N, G*G, S, S[, C])
     for i, y in enumerate(starts):
         for j, x in enumerate(starts):
-            out[:, i * g + j, y:y + patch, x:x + patch] = fill
-    return out.reshape(-1, FACE_SIZE, FACE_SIZE)
+            out[:, i * g + j, y:y + side, x:x + side] = fill
+    return out.reshape(-1, *faces.shape[1:])
 
 
 def predict_in_passes(predict: Callable[[np.ndarray], np.ndarray], faces: np.ndarray,
@@ -47,8 +57,8 @@ def predict_in_passes(predict: Callable[[np.ndarray], np.ndarray], faces: np.nda
 
 
 def occlusion_heatmaps(
-    predict: Callable[[np.ndarray], np.ndarray],
-    faces: np.ndarray,
+    predict: Callable,
+    faces: np.ndarray | Sequence[np.ndarray],
     probs: np.ndarray | None = None,
     patch: int = PATCH,
     stride: int = STRIDE,
@@ -58,19 +68,27 @@ def occlusion_heatmaps(
     """One G x G heatmap (G = 7 by default) per face, values 0..1, top row first.
 
     `predict` maps (M, 48, 48) faces to (M, C) probabilities (e.g. ExpressionClassifier.predict); `probs` are
-    the faces' unoccluded probabilities when already known. Heat = drop of the predicted class's probability
-    when that region is hidden, divided by the face's largest drop (all zeros if no region lowers it). The
-    occluded copies of as many whole faces as fit in `max_pass` (at least one face) go to `predict` at a time.
+    the faces' unoccluded probabilities when already known. `faces` may also be a list of crops per face, one
+    array per model input (what ExpressionClassifier.predict takes for a fused model): each crop is then hidden
+    in the same place at once. Heat = drop of the predicted class's probability when that region is hidden,
+    divided by the face's largest drop (all zeros if no region lowers it). The occluded copies of as many whole
+    faces as fit in `max_pass` (at least one face) go to `predict` at a time.
     """
-    faces = np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE)
-    n = len(faces)
+    several = isinstance(faces, list | tuple)
+    crops = [np.asarray(f, np.float32) for f in faces] if several else \
+        [np.asarray(faces, np.float32).reshape(-1, FACE_SIZE, FACE_SIZE)]
+    n = len(crops[0])
     if n == 0:
         return []
+
+    def run(batch: list[np.ndarray]) -> np.ndarray:
+        return predict(batch if several else batch[0])
+
     if probs is None:
-        probs = predict_in_passes(predict, faces, max_pass)
+        probs = np.concatenate([run([c[i:i + max_pass] for c in crops]) for i in range(0, n, max_pass)])
     g = len(range(0, FACE_SIZE - patch + 1, stride))
     per_pass = max(1, max_pass // (g * g))
-    occluded = np.concatenate([predict(occlusion_batch(faces[i:i + per_pass], patch, stride, fill))
+    occluded = np.concatenate([run([occlusion_batch(c[i:i + per_pass], patch, stride, fill) for c in crops])
                                for i in range(0, n, per_pass)]).reshape(n, g * g, -1)
     top = np.argmax(probs, axis=1)
     base = probs[np.arange(n), top]

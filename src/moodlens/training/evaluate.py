@@ -232,12 +232,12 @@ def photo_probe(source: str | Path, rgb_size: int | None = None) -> tuple[np.nda
     """The 4-class labelled faces of a real-photo set as (crops, labels), for a per-epoch accuracy probe.
 
     Each photo goes through the engine's decode and detector; its largest face is cut by the engine's aligner:
-    the 48x48 grey crop, or with `rgb_size` an RGB crop of that side from the full-resolution pixels (face-api's
-    input). Photos where no face is found are left out (`evaluate_photos` is the end-to-end score). The crops
-    stay in memory: a validation set is never written out or trained on.
+    the 48x48 grey crop, or with `rgb_size` an RGB crop of that side (face-api's input). Photos where no face
+    is found are left out (`evaluate_photos` is the end-to-end score). The crops stay in memory: a validation
+    set is never written out or trained on.
     """
-    from moodlens.engine.align import align_crop
     from moodlens.engine.analyzer import WORK_SIDE, Analyzer
+    from moodlens.engine.classify import FER_CROP, CropSpec
     from moodlens.engine.decode import decode_picture
 
     cs = class_set("4")
@@ -251,9 +251,7 @@ def photo_probe(source: str | Path, rgb_size: int | None = None) -> tuple[np.nda
         if not found:
             continue
         d = max(found, key=lambda f: f.box[2] * f.box[3])
-        if rgb_size:  # from the full-resolution pixels, the same box scaled up
-            crops.append(align_crop(picture.full(), d.scaled(1 / picture.scale), rgb_size, grey=False))
-        else:
-            crops.append(Analyzer._crop(picture, d))  # the crop analyze() classifies
+        spec = CropSpec(rgb_size, grey=False) if rgb_size else FER_CROP
+        crops.append(Analyzer._crop(picture, d, spec))  # the crop analyze() gives a model with that input
         labels.append(cs.index(r["label"]))
     return np.stack(crops), np.array(labels)
