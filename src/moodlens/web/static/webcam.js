@@ -447,6 +447,9 @@
     say(typeof text === "string" ? text : "Camera stopped.");
   }
 
+  // the tracker and the tile layout, for tests/test_webcam_tiles.py (checked against engine/track.py's)
+  window.MoodlensWebcam = { makeTracker: makeTracker, mosaicOf: mosaicOf };
+
   startBtn.addEventListener("click", start);
   stopBtn.addEventListener("click", function () { stop(); });
   window.addEventListener("pagehide", function () { if (stream) stop(); });
