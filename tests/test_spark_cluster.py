@@ -76,6 +76,7 @@ class Cluster:
     master_port: int = field(default_factory=_free_port)
     ui_port: int = field(default_factory=_free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    drivers: list[subprocess.Popen] = field(default_factory=list)  # killed at the end if a test left one
 
     @property
     def url(self) -> str:
@@ -132,6 +133,10 @@ class Cluster:
         self.procs.pop(name).wait()
 
     def stop(self) -> None:
+        for proc in (p for p in self.drivers if p.poll() is None):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         for name in list(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 self.kill(name)
@@ -199,6 +204,7 @@ def _spark_batch(cluster: Cluster, src: str, dest: str, log: Path) -> Driver:
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, env=cluster.env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    cluster.drivers.append(proc)
     return Driver(proc, ui_port, log)
 
 
@@ -218,6 +224,7 @@ def _assert_equals_batch(s3_server, dest: str, src: str, photo_set, photo_set_ba
     assert_same_rows(out, photo_set_batch, strip_a=src + "/", strip_b=str(photo_set) + "/")
     fs = s3_server.filesystem()
     parts = [k for k in fs.ls(dest.removeprefix("s3://")) if k.endswith(".parquet")]
+    assert len(parts) == PARTITIONS
     keys = (b"moodlens_version", b"model", b"classes")
     expected = {k: photo_set_batch.schema.metadata[k] for k in keys}
     for part in parts:
@@ -225,10 +232,11 @@ def _assert_equals_batch(s3_server, dest: str, src: str, photo_set, photo_set_ba
             assert {k: pq.read_schema(f).metadata[k] for k in keys} == expected
 
 
-def _run_ok(driver: Driver, what: str) -> str:
+def _run_ok(driver: Driver, photo_set_batch, what: str) -> str:
     rc, log = driver.finish()
     assert rc == 1, f"{what}: exit {rc}\n{log[-4000:]}"  # 1: the three broken images failed, as in batch
-    assert "243 images" in log and "3 errors" in log, log[-4000:]
+    images = len(set(photo_set_batch.column("path").to_pylist()))
+    assert f"\n{images} images, " in log and " 3 errors" in log, log[-4000:]  # counted once, retries or not
     return log
 
 
@@ -255,7 +263,7 @@ def test_cluster_rerun_after_a_killed_driver_equals_batch(cluster, s3_server, s3
     _wait(lambda: not _get_json(f"http://127.0.0.1:{cluster.ui_port}/json/")["activeapps"], "app removed", 60)
 
     t0 = time.perf_counter()
-    _run_ok(_spark_batch(cluster, src, dest, tmp_path / "rerun.log"), "rerun")
+    _run_ok(_spark_batch(cluster, src, dest, tmp_path / "rerun.log"), photo_set_batch, "rerun")
     TIMINGS["rerun after the driver kill (driver start to exit), s"] = time.perf_counter() - t0
     _assert_equals_batch(s3_server, dest, src, photo_set, photo_set_batch)
     assert not s3_server.filesystem().find(f"{bucket}/out.incomplete")  # no staging left
@@ -281,7 +289,7 @@ def test_cluster_worker_killed_mid_job(cluster, s3_server, s3_photos, photo_set,
     survivor = next(n for n in cluster.procs if n.startswith("worker-") and n != victim)
     assert cluster.processes_in(victim)
     cluster.kill(victim)  # the worker JVM and its executor JVM; its Python workers die with their sockets
-    log = _run_ok(driver, "run with a killed worker")
+    log = _run_ok(driver, photo_set_batch, "run with a killed worker")
     _wait(lambda: not cluster.processes_in(victim), "the killed worker's processes gone", 15)
     TIMINGS["run with a worker SIGKILLed (driver start to exit), s"] = time.perf_counter() - t0
     assert "Lost executor" in log and "worker lost" in log, log[-4000:]
