@@ -95,7 +95,8 @@ def _spark_options(f):
                      help="fsspec: tasks fetch each file (works anywhere); binaryFile: Spark reads the files "
                           "(cluster with hadoop-aws: use s3a:// URLs)."),
         click.option("--write-with", type=click.Choice(WRITE_WITH), default="auto", show_default=True,
-                     help="auto: fsspec for s3:// destinations, Spark's writer otherwise."),
+                     help="auto: fsspec for local and s3:// destinations (part files with moodlens' Parquet "
+                          "metadata), Spark's writer for hdfs://, s3a:// and other Hadoop URLs."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images (sorted)."),
         click.option("--conf", "conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark setting (repeatable)."),
         s3_endpoint_option,
