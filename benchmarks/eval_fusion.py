@@ -168,18 +168,12 @@ def tuned_runner(path: Path, faceapi_dir: Path, alpha: float = 1.0) -> Callable[
     with the original's, (1 - alpha) * original + alpha * tuned (WiSE-FT, Wortsman et al. 2022)."""
     import keras
 
-    from moodlens.training.faceapi import FACEAPI_CLASSES, faceapi_classifier
+    from moodlens.training.faceapi import FACEAPI_CLASSES, interpolate_with_original
     from moodlens.training.labels import FER2013_CLASSES
 
     model = keras.models.load_model(path, compile=False)
     if alpha != 1.0:
-        original = faceapi_classifier(faceapi_dir, FER2013_CLASSES)
-        for layer in model.layers:
-            if layer.weights:
-                mixed = [(1 - alpha) * w0 + alpha * w1
-                         for w0, w1 in zip(original.get_layer(layer.name).get_weights(), layer.get_weights(),
-                                           strict=True)]
-                layer.set_weights(mixed)
+        model = interpolate_with_original(model, faceapi_dir, alpha)
     order = [FER2013_CLASSES.index(c) for c in FACEAPI_CLASSES.values()]
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -120,8 +120,10 @@ def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
 @click.option("--fuse", "fuse_with", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Fuse another checkpoint into the same file (repeatable); each input shape is one input crop.")
 @click.option("--fuse-weights", help="Comma-separated weights, CHECKPOINT's first [default: equal].")
+@click.option("--calibrate-on", type=click.Choice(["auto", "fer2013", "ferplus"]), default="auto", show_default=True,
+              help="Labels the calibration is fitted to (auto: FER+ majority for the FER+ head, else FER2013's).")
 def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, calibration, uncertain_below, quantize,
-                   flip_tta, fuse_with, fuse_weights) -> None:
+                   flip_tta, fuse_with, fuse_weights, calibrate_on) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
     from moodlens.training.export import export_model
 
@@ -129,7 +131,8 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, cali
         card, paths = export_model(checkpoint, classes, out, fer2013, ferplus, split, head=head,
                                    calibration=calibration, uncertain_below=uncertain_below, quantize=quantize,
                                    flip_tta=flip_tta, machine=cpu_name(), fuse_with=fuse_with,
-                                   fuse_weights=parse_weights(fuse_weights, len(fuse_with) + 1))
+                                   fuse_weights=parse_weights(fuse_weights, len(fuse_with) + 1),
+                                   calibrate_on=calibrate_on)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")

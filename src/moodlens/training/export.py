@@ -197,12 +197,16 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
                  ferplus: str | Path | None = None, split: str = "PublicTest", head: str = "auto",
                  calibration: str = "vector", uncertain_below: float | None = None, quantize: str = "dynamic",
                  flip_tta: bool = False, machine: str = "", fuse_with: tuple[str, ...] = (),
-                 fuse_weights: tuple[float, ...] | None = None) -> tuple[dict, tuple[Path, ...]]:
+                 fuse_weights: tuple[float, ...] | None = None,
+                 calibrate_on: str = "auto") -> tuple[dict, tuple[Path, ...]]:
     """`moodlens export`: pick the head, calibrate on `split`, write the .tflite, check it against Keras,
     measure it and write its model card. Returns (card, written paths).
 
     `fuse_with`: more single-head checkpoints fused with the chosen head (fused_logits_model), with
-    `fuse_weights` (one per net, the checkpoint's first; default equal)."""
+    `fuse_weights` (one per net, the checkpoint's first; default equal). `calibrate_on`: the labels the
+    calibration is fitted to ("auto": FER+ majority for the FER+ head, FER2013's otherwise). A bias per class
+    moves decisions toward those labels' class balance: fitted on FER2013's, a fused 4-class file measured 0.830
+    on FER+ majority labels before calibration and 0.750 after."""
     import json
 
     import keras
@@ -232,7 +236,9 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
                       for path, (net, c), w in zip((str(ckpt), *fuse_with), parts, weights, strict=True)]
         model, cols = fused_logits_model(parts, weights), list(range(len(target)))
     # a head is calibrated on the labels it learnt: FER+ majority for the FER+ head, FER2013's otherwise
-    labels = "ferplus" if head == "ferplus" and "ferplus" in sets else "fer2013"
+    labels = calibrate_on if calibrate_on != "auto" else "ferplus" if head == "ferplus" else "fer2013"
+    if labels not in sets:
+        raise ValueError(f"calibrating on {labels} labels needs the FER+ vote file")
     cal_set = sets[labels]
     logits = model_logits(model, cal_set.images, flip_tta)[:, cols]
     if calibration == "vector":

@@ -136,3 +136,18 @@ def to_faceapi_input(faces48):
     import tensorflow as tf
 
     return tf.image.grayscale_to_rgb(tf.image.resize(faces48, (INPUT_SIZE, INPUT_SIZE), method="bilinear"))
+
+
+def interpolate_with_original(tuned, model_dir: str | Path, alpha: float):
+    """`tuned` (a faceapi_classifier fine-tuned over FER2013's 7 classes) with its weights set to
+    (1 - alpha) * face-api's published weights + alpha * its own: WiSE-FT (Wortsman et al. 2022), which keeps
+    much of a pretrained net's robustness to other data (real photos here) for part of the fine-tuning's gain."""
+    from moodlens.training.labels import FER2013_CLASSES
+
+    original = faceapi_classifier(model_dir, FER2013_CLASSES)
+    for layer in tuned.layers:
+        if layer.weights:
+            start = original.get_layer(layer.name).get_weights()
+            layer.set_weights([(1 - alpha) * w0 + alpha * w1 for w0, w1 in zip(start, layer.get_weights(),
+                                                                                  strict=True)])
+    return tuned
