@@ -186,6 +186,33 @@ def test_export_picks_the_four_class_head_by_measurement(tmp_path, heads_run):
     assert "chosen over the other" in card["training"]["description"]
 
 
+def test_export_fuses_a_two_head_net_with_another_run_into_one_file(tmp_path, heads_run):
+    """--fuse: the weighted geometric mean of both nets' restricted probabilities, calibrated, in one file; nets
+    on the same 48x48 input share it; the card names both and the file gives what Keras gives."""
+    from scipy.special import softmax
+
+    from moodlens.engine.classify import FER_CROP
+    from moodlens.training.export import export_model, fuse_part, fused_logits_model, model_logits, single_head
+    from moodlens.training.labels import class_set
+
+    cfg, run = heads_run
+    other = train(small_config(tmp_path, "other"), verbose=0) / "best.keras"
+    card, paths = export_model(run / "best.keras", "4", tmp_path / "fused.tflite", cfg.fer2013, cfg.ferplus,
+                               head="fer2013", quantize="none", fuse_with=(str(other),), fuse_weights=(0.75, 0.25),
+                               calibrate_on="ferplus")
+    parts = card["architecture"]["components"]
+    assert [c["weight"] for c in parts] == [0.75, 0.25] and parts[1]["checkpoint"] == "best.keras"
+    assert card["calibration"]["fitted_on"].endswith("FER+ majority labels")
+    clf = ExpressionClassifier(paths[0], num_threads=1)
+    assert clf.inputs == (FER_CROP,)
+    faces = np.random.default_rng(0).integers(0, 256, (12, 48, 48)).astype(np.uint8)
+    first = (single_head(keras.models.load_model(run / "best.keras"), "fer2013"), [0, 3, 6, 4])
+    fused = fused_logits_model([first, fuse_part(other, class_set("4"))], [0.75, 0.25])
+    cal = card["calibration"]
+    ref = softmax(model_logits(fused, faces) * np.array(cal["scale"]) + np.array(cal["bias"]), axis=1)
+    assert float(np.abs(clf.predict(faces) - ref).max()) < 1e-4
+
+
 SHIPPED_SEVEN = Path(__file__).resolve().parents[1] / "src" / "moodlens" / "models" / "expression-7.tflite"
 
 
