@@ -265,3 +265,26 @@ def test_nose_off_the_eye_line_reads_as_profile():
     assert nose_offset(frontal) == 0 and nose_offset(turned) > 0.5
     crop = np.random.default_rng(0).integers(0, 255, (48, 48)).astype(np.uint8)  # sharp
     assert face_quality(100, frontal, crop) == "ok" and face_quality(100, turned, crop) == "profile"
+
+
+def test_a_time_limit_stops_the_analysis_between_stages_and_explain_passes(astronaut_jpeg_bytes):
+    import time
+
+    from moodlens.engine.errors import AnalysisTimeout
+    from moodlens.engine.explain import occlusion_heatmaps
+
+    analyzer = Analyzer(time_limit=1e-6)
+    with pytest.raises(AnalysisTimeout, match="more than 1e-06 s"):
+        analyzer.analyze(astronaut_jpeg_bytes)
+    assert len(analyzer.analyze(astronaut_jpeg_bytes, time_limit=60).faces) == 1  # per call, over the default
+    calls = []
+
+    def check():  # the analyzer's deadline, here: stop before the third pass
+        calls.append(time.perf_counter())
+        if len(calls) == 3:
+            raise AnalysisTimeout(1)
+
+    faces = np.full((3, 48, 48), 128, np.uint8)
+    with pytest.raises(AnalysisTimeout):
+        occlusion_heatmaps(analyzer.classifier.predict, faces, analyzer.classifier.predict(faces), check=check)
+    assert len(calls) == 3

@@ -285,6 +285,17 @@ def test_rate_limit(analyzer, face_jpeg):
     assert other.status_code == 200  # per client
 
 
+def test_an_analysis_over_the_time_limit_answers_503_with_retry_after(analyzer, face_jpeg):
+    app = create_app({"MOODLENS_RATE_LIMIT": 0, "MOODLENS_ANALYSIS_TIMEOUT": 1e-6}, analyzer=analyzer)
+    resp = post_raw(app.test_client(), face_jpeg, query="?explain=1")
+    body = assert_problem(resp, 503, "analysis-timeout")
+    assert int(resp.headers["Retry-After"]) >= 1 and body["time_limit_s"] == 1e-6
+    assert "smaller photo" in body["detail"]
+    assert app.test_client().get("/api/v1/health").status_code == 200  # the engine is fine
+    unlimited = create_app({"MOODLENS_RATE_LIMIT": 0, "MOODLENS_ANALYSIS_TIMEOUT": 0}, analyzer=analyzer)
+    assert post_raw(unlimited.test_client(), face_jpeg).status_code == 200
+
+
 # --- uploads stay in memory ----------------------------------------------------------------------------------
 
 

@@ -71,6 +71,9 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "[default: none]")
 @click.option("--timeout", type=click.IntRange(5), default=60, show_default=True,
               help="Seconds a worker may spend on one request before it is restarted.")
+@click.option("--analysis-timeout", type=click.FloatRange(0), default=20, show_default=True,
+              help="Seconds one photo's analysis may take; then 503 with Retry-After (0: no limit; keep it under "
+                   "--timeout, which restarts the worker).")
 @click.option("--body-timeout", type=click.FloatRange(0), default=60, show_default=True,
               help="Seconds a whole request body may take to arrive; slower clients get 408 (0: no limit).")
 @click.option("--max-worker-rss", "max_worker_rss", type=click.IntRange(0), default=MAX_WORKER_RSS_MB,
@@ -83,7 +86,8 @@ def serve_command(
     host: str, port: int, workers: int | None, threads: int, classes: str, model_path: str | None,
     detector: str, min_face_score: float, max_upload_mb: float, rate_limit: float, burst: int, proxies: int,
     trusted_proxies: tuple[str, ...],
-    cors_origin: str | None, timeout: int, body_timeout: float, max_worker_rss: int, max_requests: int,
+    cors_origin: str | None, timeout: int, analysis_timeout: float, body_timeout: float, max_worker_rss: int,
+    max_requests: int,
     access_log: bool,
 ) -> None:
     """Serve the website (photos, webcam, model card) and the JSON API."""
@@ -106,6 +110,7 @@ def serve_command(
         "MOODLENS_CORS_ORIGIN": cors_origin,
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
         "MOODLENS_BODY_TIMEOUT": body_timeout,
+        "MOODLENS_ANALYSIS_TIMEOUT": analysis_timeout,
         "MOODLENS_MAX_WORKER_RSS_MB": max_worker_rss,
     }
     tune_allocator()  # before the models load, so the master and the workers it forks allocate alike

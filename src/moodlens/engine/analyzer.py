@@ -13,6 +13,7 @@ from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_crop
 from moodlens.engine.classify import FER_CROP, CropSpec, ExpressionClassifier
 from moodlens.engine.decode import MAX_BYTES, MAX_PIXELS, ImageInput, Picture, decode_picture
 from moodlens.engine.detect import Detection, FaceDetector
+from moodlens.engine.errors import AnalysisTimeout
 from moodlens.engine.explain import occlusion_heatmaps, predict_in_passes
 from moodlens.engine.quality import face_quality
 from moodlens.engine.result import AnalysisResult, Face, FaceBox
@@ -52,6 +53,8 @@ class Analyzer:
     detector's confidence threshold. `uncertain_below`: a face whose top probability is below this is marked
     uncertain (default: the model card's "uncertain_below", else 0.5). `max_bytes`/`max_pixels`: input limits.
     `max_explain_faces`: with `explain`, the most faces of one image that get a heatmap (None: every face).
+    `time_limit`: seconds one `analyze` may take; past it, AnalysisTimeout at the next stage boundary or explain
+    pass (None: no limit). Decoding itself is bounded by the decoder's limits, not interrupted.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Analyzer:
         max_pixels: int = MAX_PIXELS,
         num_threads: int = 1,
         max_explain_faces: int | None = MAX_EXPLAIN_FACES,
+        time_limit: float | None = None,
     ):
         self.classifier = ExpressionClassifier(model_path, classes=classes, num_threads=num_threads)
         self.detector = FaceDetector(detector, min_score=min_face_score, num_threads=num_threads)
@@ -77,21 +81,27 @@ class Analyzer:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_explain_faces = max_explain_faces
+        self.time_limit = time_limit
 
-    def analyze(self, data: ImageInput, explain: bool = False, min_face_score: float | None = None) -> AnalysisResult:
+    def analyze(self, data: ImageInput, explain: bool = False, min_face_score: float | None = None,
+                time_limit: float | None = None) -> AnalysisResult:
         """All faces in `data` (a path, bytes, a binary file, a PIL image or an RGB array), best detector score
         first; `min_face_score` (default: the analyzer's) leaves out faces the detector scored lower (it can
-        raise the analyzer's floor, not lower it: candidates under that are never decoded).
+        raise the analyzer's floor, not lower it: candidates under that are never decoded). `time_limit`
+        (default: the analyzer's) bounds the seconds it may take (AnalysisTimeout).
 
         Raises the typed errors of `moodlens.engine.decode.decode_image` for inputs that are not usable images.
         """
         floor = self.min_face_score if min_face_score is None else max(min_face_score, self.min_face_score)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        check = _deadline(t0, self.time_limit if time_limit is None else time_limit)
         picture = decode_picture(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, work_side=WORK_SIDE)
         t1 = time.perf_counter()
+        check()
         found = [d for d in self._detect(picture) if d.score >= floor]
         t2 = time.perf_counter()
+        check()
         crops = np.stack([self._crop(picture, d) for d in found]) if found else \
             np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
         model_input = self._model_input(picture, found, crops)
@@ -106,7 +116,7 @@ class Analyzer:
         if explain:
             n = len(crops) if self.max_explain_faces is None else min(len(crops), self.max_explain_faces)
             heatmaps = occlusion_heatmaps(self.classifier.predict, [x[:n] for x in model_input] if
-                                          len(model_input) > 1 else model_input[0][:n], probs[:n])
+                                          len(model_input) > 1 else model_input[0][:n], probs[:n], check=check)
             timings["explain"] = _ms(t4, time.perf_counter())
         faces = [
             self._face(d, p, heatmaps[i] if i < len(heatmaps) else None, width, height, crops[i],
@@ -190,6 +200,14 @@ class Analyzer:
             heatmap_skipped=skipped,
             quality=face_quality(max(w, h), d.keypoints, crop),
         )
+
+
+def _deadline(start: float, seconds: float | None):
+    """A check() that raises AnalysisTimeout once `seconds` have passed since `start` (perf_counter)."""
+    def check() -> None:
+        if seconds is not None and time.perf_counter() - start > seconds:
+            raise AnalysisTimeout(seconds)
+    return check
 
 
 def _ms(start: float, end: float) -> float:

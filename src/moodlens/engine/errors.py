@@ -7,6 +7,16 @@ class MoodlensError(Exception):
     """Base class of every error moodlens raises on purpose."""
 
 
+class AnalysisTimeout(MoodlensError):
+    """One image took longer than the analyzer's time limit: the work stopped at the next stage boundary (the
+    server answers 503 with Retry-After; nothing about the image is wrong, only the time it needs)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the photo took more than {seconds:g} s to analyse and was stopped; try a smaller photo, "
+                         "fewer faces or no explanation")
+        self.seconds = seconds
+
+
 class ModelError(MoodlensError):
     """A model file is missing, corrupt or does not match its card."""
 

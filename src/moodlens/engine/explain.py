@@ -64,6 +64,7 @@ def occlusion_heatmaps(
     stride: int = STRIDE,
     fill: int = FILL,
     max_pass: int = MAX_PASS,
+    check: Callable[[], None] | None = None,
 ) -> list[list[list[float]]]:
     """One G x G heatmap (G = 7 by default) per face, values 0..1, top row first.
 
@@ -72,7 +73,8 @@ def occlusion_heatmaps(
     array per model input (what ExpressionClassifier.predict takes for a fused model): each crop is then hidden
     in the same place at once. Heat = drop of the predicted class's probability when that region is hidden,
     divided by the face's largest drop (all zeros if no region lowers it). The occluded copies of as many whole
-    faces as fit in `max_pass` (at least one face) go to `predict` at a time.
+    faces as fit in `max_pass` (at least one face) go to `predict` at a time; `check()`, if given, runs before
+    each of those calls (it raises to stop: the analyzer's time limit).
     """
     several = isinstance(faces, list | tuple)
     crops = [np.asarray(f, np.float32) for f in faces] if several else \
@@ -82,6 +84,8 @@ def occlusion_heatmaps(
         return []
 
     def run(batch: list[np.ndarray]) -> np.ndarray:
+        if check is not None:
+            check()
         return predict(batch if several else batch[0])
 
     if probs is None:

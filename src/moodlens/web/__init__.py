@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "MOODLENS_TRUSTED_PROXIES": ("127.0.0.0/8", "::1"),
     "MOODLENS_CORS_ORIGIN": None,  # one origin ("https://example.org") whose pages may call the API (None: none)
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # bytes; larger bodies get 413 before they are read
+    "MOODLENS_ANALYSIS_TIMEOUT": 20.0,  # seconds one analysis may take, then 503 + Retry-After; 0: no limit
     "MOODLENS_BODY_TIMEOUT": 60.0,  # seconds a body may take to arrive under gunicorn (then 408); 0: no limit
     "MAX_FORM_MEMORY_SIZE": 500_000,  # bytes of a text field in a form (keep over Werkzeug's 64 kB read size)
     "MAX_FORM_PARTS": 16,

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from moodlens import __version__
-from moodlens.engine.errors import ImageError
+from moodlens.engine.errors import AnalysisTimeout, ImageError
 from moodlens.web.engines import CLASS_SETS, analyzers
 from moodlens.web.preview import decode_for_preview, preview_data_url
 from moodlens.web.problems import ApiProblem
@@ -82,8 +82,9 @@ def analyze() -> Response:
     if preview:  # decoded once: analysed, and sent back for a page whose browser cannot show the file (TIFF)
         data = decode_for_preview(data, analyzer)
     try:
-        result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score)
-    except (ImageError, HTTPException):
+        result = analyzer.analyze(data, explain=explain, min_face_score=min_face_score,
+                                  time_limit=current_app.config.get("MOODLENS_ANALYSIS_TIMEOUT") or None)
+    except (ImageError, HTTPException, AnalysisTimeout):
         raise
     except Exception:
         _check_engine(analyzer)  # the photo's fault, or a broken engine? (a broken one fails health from now on)

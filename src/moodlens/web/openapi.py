@@ -281,6 +281,12 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                             {"truncated-image": _problem_example(
                                 422, "truncated-image", CORRUPT)}),
                         **rate_limited,
+                        "503": _with_examples(
+                            _problem("The analysis took longer than the server's time limit; try again after "
+                                     "Retry-After seconds, or with a smaller photo or without `explain`."), p,
+                            {"analysis-timeout": _problem_example(
+                                503, "analysis-timeout", "the photo took more than 20 s to analyse and was stopped; "
+                                "try a smaller photo, fewer faces or no explanation", time_limit_s=20)}),
                     },
                 },
             },

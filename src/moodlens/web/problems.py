@@ -15,6 +15,7 @@ from flask import Flask, Response, json, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from moodlens.engine.errors import (
+    AnalysisTimeout,
     ImageError,
     ImageTooComplexError,
     ImageTooLargeError,
@@ -45,9 +46,12 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "too-complex": (422, "Image too costly to decode"),
     "unusable-image": (422, "Unusable image"),
     "rate-limited": (429, "Too many requests"),
+    "analysis-timeout": (503, "Analysis took too long"),
     "internal-error": (500, "Internal error"),
     "unavailable": (503, "Service unavailable"),
 }
+
+RETRY_AFTER_TIMEOUT = 10  # seconds, in the Retry-After of an analysis-timeout answer
 
 _IMAGE_ERRORS: list[tuple[type[ImageError], str]] = [
     (NotAnImageError, "not-an-image"),
@@ -111,6 +115,12 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ApiProblem)
     def _api_problem(exc: ApiProblem):
         return _answer(exc.status, exc.slug, exc.detail, headers=exc.headers, **exc.extensions)
+
+    @app.errorhandler(AnalysisTimeout)
+    def _analysis_timeout(exc: AnalysisTimeout):
+        # the server is fine and the photo may be too: another try, when it is less busy, may get through
+        return _answer(503, "analysis-timeout", str(exc), headers={"Retry-After": str(RETRY_AFTER_TIMEOUT)},
+                       time_limit_s=exc.seconds)
 
     @app.errorhandler(ImageError)
     def _image_error(exc: ImageError):
