@@ -152,6 +152,8 @@ def cluster(s3_server, tmp_path_factory):
            # no REST submission server: it would take the fixed port 6066
            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
            "SPARK_DAEMON_JAVA_OPTS": JAVA_OPTS}
+    for name in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):  # the executors' Python comes from --conf
+        env.pop(name, None)
     c = Cluster(directory, env)
     t0 = time.perf_counter()
     try:
