@@ -9,6 +9,7 @@ layout follow MediaPipe's `SsdAnchorsCalculator` and `TensorsToDetectionsCalcula
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -248,7 +249,7 @@ class _YuNet:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         h, w = bgr.shape[:2]
         rows = []
-        with self._pool.borrow() as net:
+        with self._net(fresh=max(h, w) > self.FINE_FROM) as net:
             for side in sorted({min(max(h, w), s) for s in self.SIDES}):
                 scale = side / max(h, w)
                 img = bgr if scale == 1 else cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
@@ -266,6 +267,22 @@ class _YuNet:
         keep = np.asarray(cv2.dnn.NMSBoxes(faces[:, :4].tolist(), faces[:, 14].tolist(), 0.0, self.iou_threshold),
                           np.int64).reshape(-1)
         return sorted((self._square(f) for f in faces[keep]), key=lambda d: -d.score)
+
+    @contextmanager
+    def _net(self, fresh: bool):
+        """A net from the pool, or with `fresh` one built for this call and dropped after it: a pass at up to
+        4096 px leaves about 1.1 GB allocated inside the net for as long as it lives (its buffers fit the
+        largest input it ever had), which made every server worker that searched a large photo restart over
+        its memory limit. Building one from the bytes in memory costs a few ms against the seconds of that search."""
+        if not fresh:
+            with self._pool.borrow() as net:
+                yield net
+            return
+        net = self._load()
+        try:
+            yield net
+        finally:
+            del net
 
     def _verify(self, net, bgr: np.ndarray, found: np.ndarray) -> np.ndarray:
         """The full-size pass's faces: those scored `fine_min_score` or more, and the smaller ones scored from
