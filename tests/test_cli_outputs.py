@@ -294,6 +294,22 @@ def test_batch_exit_status_says_whether_every_image_was_read(tmp_path, photo):
     assert bad.exit_code == 1 and "2 images, 1 faces, 1 errors" in bad.stderr, bad.output
 
 
+def test_batch_names_the_files_it_leaves_out_and_quiet_hides_them(tmp_path, photo):
+    pytest.importorskip("pyarrow")
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "face.jpg").write_bytes(photo)
+    (tmp_path / "in" / "notes.txt").write_text("not a photo")
+    (tmp_path / "in" / "sub" / "clip.mp4").write_bytes(b"\0" * 16)
+    args = ["batch", str(tmp_path / "in"), str(tmp_path / "a.csv"), "--workers", "1", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert note.startswith("skipped 2 files whose extension is not an image moodlens batch reads (.")
+    assert note.endswith(": notes.txt, sub/clip.mp4")
+    quiet = CliRunner().invoke(main, [*args[:2], str(tmp_path / "b.csv"), *args[3:], "-q"])
+    assert quiet.exit_code == 0 and "skipped" not in quiet.stderr
+
+
 @pytest.mark.parametrize("dest, fmt", [("out.parquet", "csv"), ("out.csv", "jsonl"), ("notes.jpg", "csv"),
                                        ("clip.mp4", "parquet"), ("out.exe", None)])
 def test_batch_refuses_an_output_name_that_says_another_format(tmp_path, photo, dest, fmt):

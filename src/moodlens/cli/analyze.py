@@ -23,7 +23,7 @@ import click
 from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.runtime import quiet_native_output
-from moodlens.engine.safeio import check_regular, csv_cell, list_inside, printable, write_atomic
+from moodlens.engine.safeio import check_regular, csv_cell, left_out_note, list_inside, printable, write_atomic
 from moodlens.engine.video import VIDEO_SUFFIXES, WRITABLE_SUFFIXES, annotated_name
 
 CSV_FACE_COLUMNS = ["face_index", "box_x", "box_y", "box_w", "box_h", "score", "expression", "uncertain", "quality"]
@@ -98,16 +98,6 @@ def _folder_jobs(folder: Path, skip: tuple[str | None, ...], left_out: list[str]
 
     left_out += [str(f) for f in every if f.suffix.lower() not in wanted and not ours(f)]
     return [Job(str(f), str(folder)) for f in files if not ours(f)]
-
-
-def left_out_note(left_out: list[str], shown: int = 5) -> str:
-    """One line naming the files in the folders that are not read: "skipped 2 files whose ...: a.txt, b.psd"."""
-    names = ", ".join(printable(n) for n in left_out[:shown])
-    more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
-    kinds = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-    files = "file" if len(left_out) == 1 else "files"
-    return (f"skipped {len(left_out)} {files} whose extension is not a photo or video moodlens reads ({kinds}): "
-            f"{names}{more}")
 
 
 def is_video(job: Job) -> bool:
@@ -359,7 +349,8 @@ def analyze_command(ctx: click.Context, paths: tuple[Path, ...], fmt: str, annot
     left_out: list[str] = []
     jobs = collect_jobs(paths, skip=(annotate, out), left_out=left_out)
     if left_out and not quiet:
-        click.echo(left_out_note(left_out), err=True)
+        click.echo(left_out_note(left_out, IMAGE_SUFFIXES | VIDEO_SUFFIXES, "a photo or video moodlens reads"),
+                   err=True)
     if not jobs:
         raise click.UsageError("no images or videos found in the given paths")
     check_annotate(annotate, jobs)

@@ -204,3 +204,13 @@ def csv_cell(value: object) -> object:
         return value
     text = printable(value)
     return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def left_out_note(left_out: list[str], suffixes: set[str] | frozenset[str], what: str, shown: int = 5) -> str:
+    """One line naming the files of the input folders that are not read: "skipped 2 files whose extension is not
+    a photo or video moodlens reads (.avif .bmp ...): a.txt, b.psd"."""
+    names = ", ".join(printable(n) for n in left_out[:shown])
+    more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
+    files = "file" if len(left_out) == 1 else "files"
+    return (f"skipped {len(left_out)} {files} whose extension is not {what} ({' '.join(sorted(suffixes))}): "
+            f"{names}{more}")

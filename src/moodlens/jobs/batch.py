@@ -26,7 +26,7 @@ import click
 from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.errors import ImageTooLargeError
 from moodlens.engine.runtime import quiet_native_output
-from moodlens.engine.safeio import csv_cell, printable
+from moodlens.engine.safeio import csv_cell, left_out_note, printable
 from moodlens.engine.video import VIDEO_SUFFIXES
 from moodlens.jobs import storage
 from moodlens.jobs.storage import StorageUnavailableError
@@ -137,6 +137,12 @@ def list_inputs(src: str, endpoint: str | None = None, limit: int | None = None)
             raise click.BadParameter(f"{src}: not a folder, S3 prefix or .txt list", param_hint="SRC")
         paths = storage.list_images(src, endpoint)
     return paths[:limit] if limit else paths
+
+
+def not_images(src: str, endpoint: str | None = None) -> list[str]:
+    """Keys under the folder/prefix `src` that list_inputs leaves out for their extension (to name them)."""
+    return [k for k in storage.list_keys(src, None, endpoint)
+            if os.path.splitext(k)[1].lower() not in IMAGE_SUFFIXES]
 
 
 def chunk_paths(paths: Sequence[str], size: int) -> list[list[str]]:
@@ -356,6 +362,9 @@ def run_batch(
 
     if not paths and not quiet:
         click.echo(f"no images found in {printable(src)}", err=True)
+    left_out = [] if quiet or src.lower().endswith(".txt") else not_images(src, endpoint)
+    if left_out:
+        click.echo(left_out_note(left_out, IMAGE_SUFFIXES, "an image moodlens batch reads"), err=True)
     task_seconds = 0.0
     bar = tqdm(total=len(paths), initial=len(paths) - sum(len(c) for c, _ in todo), unit="img",
                desc="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
