@@ -383,6 +383,8 @@ def main() -> None:
                         help="a fine-tuned face-api checkpoint (train --arch faceapi) in place of the original")
     parser.add_argument("--wise-alpha", type=float, default=1.0,
                         help="with --faceapi-keras: weights (1-a) original + a tuned (1: the tuned net as is)")
+    parser.add_argument("--grey", action="store_true",
+                        help="give face-api its photo crops in grey (copied to RGB), as FER's faces are")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds (each: every model, --per-round runs)")
@@ -414,7 +416,10 @@ def main() -> None:
                         "from_pretrained_repos": int(photos.pretrained.sum()),
                         "engine_check_max_abs_diff": photos.engine_max_diff, "by_margin": {}}
     for m in args.margins:
-        p_fa = faceapi_to4(run_keras(photos.crops112[m]))
+        crops = photos.crops112[m]
+        if args.grey:  # the same crops as FER2013's faces reach face-api: grey, copied to RGB
+            crops = np.repeat(np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops])[..., None], 3, axis=-1)
+        p_fa = faceapi_to4(run_keras(crops))
         keep = ~photos.pretrained
         blocks = {"all": score_all(photos.y, p_ml, p_fa, photos.found, args.weights),
                   "excl. face-api/Human repos": score_all(photos.y[keep], p_ml[keep], p_fa[keep],
