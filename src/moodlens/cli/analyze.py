@@ -322,7 +322,8 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
               help="Videos: analyze every Nth frame.")
 @click.option("--smooth/--no-smooth", default=True, show_default=True,
               help="Videos: average each face's scores over its last few analyzed frames (a moving average).")
-@click.option("--explain", is_flag=True, help="Add an occlusion heatmap per face (slower).")
+@click.option("--explain", is_flag=True,
+              help="Add an occlusion heatmap to each of a photo's first 16 faces, best detector score first (slower).")
 @click.option("--min-face-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Leave out faces the detector scored lower (0.5 is the lowest the detectors report).")
 @click.option("--out", type=click.Path(file_okay=False),

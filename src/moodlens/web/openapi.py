@@ -188,7 +188,8 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                               "(also when empty).",
                "schema": CLASSES_SCHEMA | {"default": default}}
     explain = {"name": "explain", "in": "query", "required": False,
-               "description": "1: add a heatmap per face (slower). Also true/false, yes/no, on/off, any case; "
+               "description": "1: add a heatmap to each of the first 16 faces, best detector score first (slower). "
+                              "Also true/false, yes/no, on/off, any case; "
                               "empty means 0.",
                "schema": EXPLAIN_SCHEMA | {"default": "0"}}
     preview = {"name": "preview", "in": "query", "required": False,
