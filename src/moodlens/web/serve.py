@@ -98,7 +98,7 @@ def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
 
 #: Default of `moodlens serve --max-worker-rss`: a worker still using more than this many MiB after a request, and
 #: after giving its freed memory back, restarts gracefully (its requests in flight are answered first).
-MAX_WORKER_RSS_MB = 512
+MAX_WORKER_RSS_MB = 300  # what a worker should be back under after any request (issue 13)
 #: A worker that grew by this much since it last gave memory back does so again after its next request.
 TRIM_STEP = 32 * 2**20
 #: glibc's mallopt() parameters (malloc.h) and the values moodlens serve sets (see `tune_allocator`).
