@@ -109,14 +109,14 @@ class Analyzer:
         width, height = picture.width, picture.height
         del picture  # a large image's pixels (120 MB at 40 Mpx) need not live while faces are classified
         t3 = time.perf_counter()
-        probs = predict_in_passes(self._predict(model_input), np.arange(len(crops)))  # a few batches at most
+        probs = predict_in_passes(self.classifier.predict, model_input)  # the image's faces, a few batches at most
         t4 = time.perf_counter()
         timings.update(decode=_ms(t0, t1), detect=_ms(t1, t2), align=_ms(t2, t3), classify=_ms(t3, t4))
         heatmaps: list = []
         if explain:
             n = len(crops) if self.max_explain_faces is None else min(len(crops), self.max_explain_faces)
-            heatmaps = occlusion_heatmaps(self.classifier.predict, [x[:n] for x in model_input] if
-                                          len(model_input) > 1 else model_input[0][:n], probs[:n], check=check)
+            heatmaps = occlusion_heatmaps(self.classifier.predict, [x[:n] for x in model_input], probs[:n],
+                                          check=check)
             timings["explain"] = _ms(t4, time.perf_counter())
         faces = [
             self._face(d, p, heatmaps[i] if i < len(heatmaps) else None, width, height, crops[i],
@@ -161,10 +161,6 @@ class Analyzer:
         return [crops48 if spec == FER_CROP else
                 np.stack([self._crop(picture, d, spec) for d in found]) if found else
                 np.zeros((0, spec.size, spec.size, spec.channels), np.uint8) for spec in self.classifier.inputs]
-
-    def _predict(self, model_input: list[np.ndarray]):
-        """predict() over faces picked by index: predict_in_passes can then batch several inputs alike."""
-        return lambda index: self.classifier.predict([x[index] for x in model_input])
 
     @staticmethod
     def _crop(picture: Picture, d: Detection, spec: CropSpec = FER_CROP) -> np.ndarray:

@@ -56,7 +56,7 @@ def crops_from_fer(faces48: np.ndarray, spec: CropSpec) -> np.ndarray:
     if spec.size != FACE_SIZE:
         x = np.stack([cv2.resize(f, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR) for f in x]) \
             if len(x) else np.zeros((0, spec.size, spec.size), np.float32)
-    return np.repeat(x[..., None], spec.channels, axis=-1)
+    return x[..., None] if spec.grey else np.repeat(x[..., None], 3, axis=-1)
 
 
 def shipped_model_path(classes: str | int = "4") -> Path:

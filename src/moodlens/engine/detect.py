@@ -278,11 +278,7 @@ class _YuNet:
             with self._pool.borrow() as net:
                 yield net
             return
-        net = self._load()
-        try:
-            yield net
-        finally:
-            del net
+        yield self._load()  # not kept anywhere: freed when the search ends
 
     def _verify(self, net, bgr: np.ndarray, found: np.ndarray) -> np.ndarray:
         """The full-size pass's faces: those scored `fine_min_score` or more, and the smaller ones scored from

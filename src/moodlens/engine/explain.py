@@ -48,12 +48,15 @@ def occlusion_batch(faces: np.ndarray, patch: int = PATCH, stride: int = STRIDE,
     return out.reshape(-1, *faces.shape[1:])
 
 
-def predict_in_passes(predict: Callable[[np.ndarray], np.ndarray], faces: np.ndarray,
-                      size: int = MAX_PASS) -> np.ndarray:
-    """`predict(faces)`, called on at most `size` faces at a time (see the module's note on memory)."""
-    if len(faces) <= size:
+def predict_in_passes(predict: Callable, faces: np.ndarray | Sequence[np.ndarray], size: int = MAX_PASS) -> np.ndarray:
+    """`predict(faces)`, called on at most `size` faces at a time (see the module's note on memory). `faces` is
+    one array, or a list of arrays with a row per face each (a model's crops per input), sliced alike."""
+    several = isinstance(faces, list | tuple)
+    n = len(faces[0]) if several else len(faces)
+    if n <= size:
         return predict(faces)
-    return np.concatenate([predict(faces[i:i + size]) for i in range(0, len(faces), size)])
+    return np.concatenate([predict([f[i:i + size] for f in faces] if several else faces[i:i + size])
+                           for i in range(0, n, size)])
 
 
 def occlusion_heatmaps(
@@ -89,7 +92,7 @@ def occlusion_heatmaps(
         return predict(batch if several else batch[0])
 
     if probs is None:
-        probs = np.concatenate([run([c[i:i + max_pass] for c in crops]) for i in range(0, n, max_pass)])
+        probs = predict_in_passes(predict, crops if several else crops[0], max_pass)
     g = len(range(0, FACE_SIZE - patch + 1, stride))
     per_pass = max(1, max_pass // (g * g))
     occluded = np.concatenate([run([occlusion_batch(c[i:i + per_pass], patch, stride, fill) for c in crops])
