@@ -85,9 +85,13 @@ def fused_logits_model(parts, weights):
 
 def keras_inputs(model, faces: np.ndarray):
     """(N, 48, 48) FER-style faces as `model`'s input(s): each input's crop made as the engine makes it
-    (engine.classify.crops_from_fer), so Keras and the exported file see the same pixels."""
+    (engine.classify.crops_from_fer), so Keras and the exported file see the same pixels. Crops already of a
+    one-input model's shape (a real-photo probe's RGB crops) pass through."""
     from moodlens.engine.classify import CropSpec, crops_from_fer
 
+    shape = tuple(int(v) for v in model.inputs[0].shape[1:])
+    if len(model.inputs) == 1 and (faces.shape[1:] == shape or shape[-1] == 1 and faces.shape[1:] == shape[:-1]):
+        return faces.astype(np.float32).reshape(-1, *shape)
     xs = [crops_from_fer(faces, CropSpec(int(t.shape[1]), grey=int(t.shape[-1]) == 1)) for t in model.inputs]
     return xs[0] if len(xs) == 1 else xs
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moodlens.training.data import FaceDataset, load_fer, read_fer2013, read_ferplus
+from moodlens.training.export import keras_inputs
 from moodlens.training.labels import FER2013_CLASSES, FERPLUS_HEAD, FOUR, SEVEN, class_set
 
 # With targets="heads" the net has these two outputs on one trunk (see model.build_classifier).
@@ -283,7 +284,7 @@ def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], clas
     out = {}
     for name, (images, y) in probes.items():
         probe_classes = FOUR.classes if name.endswith("_4") else FER2013_CLASSES
-        logits = model.predict(model_input(model, images), batch_size=256, verbose=0)
+        logits = model.predict(keras_inputs(model, images), batch_size=256, verbose=0)
         outputs = logits if isinstance(logits, dict) else {None: logits}
         for head, head_logits in outputs.items():
             head_classes = classes if head is None else HEADS[head]
@@ -291,17 +292,6 @@ def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], clas
             key = f"val_{name}_acc" if head in (None, name.split("_")[0]) else f"val_{name}_via_{head}_acc"
             out[key] = float((head_logits[:, cols].argmax(1) == y).mean())
     return out
-
-
-def model_input(model, faces: np.ndarray) -> np.ndarray:
-    """Faces as `model` takes them: crops already of the model's input shape pass through; (N, 48, 48) grey
-    faces are made into its input as the engine does for FER-style faces (classify.crops_from_fer)."""
-    from moodlens.engine.classify import CropSpec, crops_from_fer
-
-    size, channels = model.input_shape[1], model.input_shape[-1]
-    if faces.shape[1:] == model.input_shape[1:] or faces.shape[1:] == model.input_shape[1:-1]:
-        return faces.astype(np.float32).reshape(-1, *model.input_shape[1:])
-    return crops_from_fer(faces, CropSpec(size, grey=channels == 1))
 
 
 def plot_curves(history_csv: Path, out_png: Path) -> None:
@@ -426,7 +416,7 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     if start >= cfg.epochs:
         return run
     # a two-head run is validated by its probes (both heads, both label sets) alone
-    val = None if cfg.targets == "heads" else (model_input(model, val_set.images),
+    val = None if cfg.targets == "heads" else (keras_inputs(model, val_set.images),
                                                np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     model.fit(stream, epochs=end, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
