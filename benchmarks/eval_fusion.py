@@ -137,24 +137,27 @@ def photo_crops(labels_csv: Path, margins: list[float], analyzer: Analyzer) -> P
 # --------------------------------------------------------------------------------------------- models
 
 
-def faceapi_to4(p7: np.ndarray) -> np.ndarray:
-    """face-api's 7 probabilities (its order) -> angry/happy/neutral/sad, renormalised to sum to 1."""
-    from moodlens.training.faceapi import FACEAPI_CLASSES, FACEAPI_LABELS
-
-    names = [FACEAPI_CLASSES[label] for label in FACEAPI_LABELS]
-    p4 = p7[:, [names.index(c) for c in CLASSES4]].astype(np.float64)
+def to4(p: np.ndarray, classes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Probabilities over `classes` -> angry/happy/neutral/sad, renormalised to sum to 1."""
+    p4 = p[:, [list(classes).index(c) for c in CLASSES4]].astype(np.float64)
     return p4 / p4.sum(axis=1, keepdims=True)
 
 
+def faceapi_to4(p7: np.ndarray) -> np.ndarray:
+    """face-api's 7 probabilities (its order) as 4 (to4)."""
+    from moodlens.training.faceapi import FACEAPI_CLASSES
+
+    return to4(p7, list(FACEAPI_CLASSES.values()))
+
+
 class restricted_to4:
-    """A classifier with more classes read as angry/happy/neutral/sad, renormalised (the 7-class file as 4)."""
+    """A classifier with more classes read as angry/happy/neutral/sad (to4: the 7-class file as 4)."""
 
     def __init__(self, classifier) -> None:
-        self.classifier, self.columns = classifier, [classifier.classes.index(c) for c in CLASSES4]
+        self.classifier = classifier
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
-        p = self.classifier.predict(faces)[:, self.columns].astype(np.float64)
-        return p / p.sum(axis=1, keepdims=True)
+        return to4(self.classifier.predict(faces), self.classifier.classes)
 
 
 def keras_runner(model) -> Callable[[np.ndarray], np.ndarray]:
