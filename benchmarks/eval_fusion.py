@@ -41,7 +41,7 @@ from reference import REFERENCE_MODEL, machine
 
 from moodlens.engine.align import CROP_SCALE, FACE_SIZE, align_crop, align_face
 from moodlens.engine.analyzer import WORK_SIDE, Analyzer
-from moodlens.engine.classify import CLASSES, shipped_model_path
+from moodlens.engine.classify import CLASSES, CropSpec, crops_from_fer, shipped_model_path
 from moodlens.engine.decode import Picture, decode_picture
 from moodlens.engine.detect import Detection
 
@@ -55,6 +55,7 @@ PRETRAINED_SOURCES = ("justadudewhohacks/face-api.js", "vladmandic/face-api", "v
 FER_CODES = {0: "angry", 3: "happy", 4: "sad", 6: "neutral"}  # FER2013 emotion code -> 4-class name
 FACEAPI_SIZE = 112
 GOAL_ACCURACY, GOAL_RECALL = 0.94, 0.85
+FER_FACE_SIDE = FACE_SIZE / CROP_SCALE  # a FER2013 face's box side: its 48 px image is the aligner's crop of it
 RULES = ("log", "prob")
 
 
@@ -89,6 +90,7 @@ class PhotoSet:
     found: np.ndarray  # (N,) bool: a face was detected
     pretrained: np.ndarray  # (N,) bool: the photo comes from a face-api.js / Human repository
     crops48: np.ndarray  # (N, 48, 48) uint8 grey (zeros where no face)
+    face_side: np.ndarray  # (N,) the detector box's longer side in the photo's full-resolution pixels
     crops112: dict[float, np.ndarray] = field(default_factory=dict)  # margin -> (N, 112, 112, 3) uint8 RGB
     engine_max_diff: float = 0.0  # max |p(our 48 crop) - Analyzer.analyze's score| over the photos
 
@@ -105,7 +107,7 @@ def photo_crops(labels_csv: Path, margins: list[float], analyzer: Analyzer) -> P
     n = len(rows)
     out = PhotoSet(y=np.array([CLASSES4.index(r["label"].strip()) for r in rows]), found=np.zeros(n, bool),
                    pretrained=np.array([r["source_repo"] in PRETRAINED_SOURCES for r in rows]),
-                   crops48=np.zeros((n, FACE_SIZE, FACE_SIZE), np.uint8),
+                   crops48=np.zeros((n, FACE_SIZE, FACE_SIZE), np.uint8), face_side=np.zeros(n),
                    crops112={m: np.zeros((n, FACEAPI_SIZE, FACEAPI_SIZE, 3), np.uint8) for m in margins})
     diffs = []
     for i, row in enumerate(rows):
@@ -119,6 +121,7 @@ def photo_crops(labels_csv: Path, margins: list[float], analyzer: Analyzer) -> P
         d = max(found, key=lambda f: clipped_area(f.scaled(1 / picture.scale), picture.width, picture.height))
         out.found[i] = True
         out.crops48[i] = engine_crop(picture, d)
+        out.face_side[i] = max(d.scaled(1 / picture.scale).box[2:])
         full = picture.full()  # face-api's crop always from the full-resolution pixels, the same box scaled up
         for m in margins:
             out.crops112[m][i] = faceapi_crop(full, d.scaled(1 / picture.scale), m)
@@ -148,6 +151,16 @@ def faceapi_to4(p7: np.ndarray) -> np.ndarray:
     from moodlens.training.faceapi import FACEAPI_CLASSES
 
     return to4(p7, list(FACEAPI_CLASSES.values()))
+
+
+class flip_averaged_classifier:
+    """A classifier whose scores are averaged over each face and its mirror image (flip_averaged)."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier = classifier
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        return flip_averaged(self.classifier.predict, faces)
 
 
 class restricted_to4:
@@ -224,8 +237,10 @@ def export_litert(model, path: Path, quantize: bool) -> Path:
 # -------------------------------------------------------------------------------------- fusion, metrics
 
 
-def fuse(p_ml: np.ndarray, p_fa: np.ndarray, w: float, rule: str) -> np.ndarray:
-    """Fused 4-class scores, weight `w` on face-api: weighted mean of log-probabilities or of probabilities."""
+def fuse(p_ml: np.ndarray, p_fa: np.ndarray, w: float | np.ndarray, rule: str) -> np.ndarray:
+    """Fused 4-class scores, weight `w` on face-api (one for all faces, or one per face): weighted mean of
+    log-probabilities or of probabilities."""
+    w = np.asarray(w, np.float64).reshape(-1, 1) if np.ndim(w) else w
     if rule == "log":
         eps = 1e-7
         return (1 - w) * np.log(np.clip(p_ml, eps, 1)) + w * np.log(np.clip(p_fa, eps, 1))
@@ -262,14 +277,32 @@ def mcnemar_p(fixed: int, broken: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def gated(w: float, face_side: np.ndarray, gate: tuple[float, float] | None) -> float | np.ndarray:
+    """face-api's weight per face: `w`, times a ramp from 0 at a face `gate[0]` pixels wide in its source picture
+    to 1 at `gate[1]` (no gate: `w` for every face)."""
+    if gate is None:
+        return w
+    lo, hi = gate
+    return w * np.clip((face_side - lo) / (hi - lo), 0.0, 1.0)
+
+
+def flip_averaged(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """`run`'s probabilities averaged over `x` and its mirror image (geometric mean, renormalised)."""
+    logp = (np.log(np.clip(run(x), 1e-7, 1)) + np.log(np.clip(run(np.ascontiguousarray(x[:, :, ::-1])), 1e-7, 1))) / 2
+    p = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def score_all(y: np.ndarray, p_ml: np.ndarray, p_fa: np.ndarray, found: np.ndarray,
-              weights: list[float]) -> dict[str, dict]:
+              weights: list[float], face_side: np.ndarray | None = None,
+              gate: tuple[float, float] | None = None) -> dict[str, dict]:
     """{config name: metrics} for every fusion configuration, with the faces it gets right that moodlens alone
-    gets wrong (`fixed`) and the reverse (`broken`)."""
+    gets wrong (`fixed`) and the reverse (`broken`). With `gate`, face-api's weight ramps with `face_side`."""
     base_right = found & (p_ml.argmax(axis=1) == y)
     out = {}
     for rule, w in configurations(weights):
-        pred = np.where(found, fuse(p_ml, p_fa, w, rule).argmax(axis=1), -1)
+        wf = w if w in (0, 1) else gated(w, face_side, gate)
+        pred = np.where(found, fuse(p_ml, p_fa, wf, rule).argmax(axis=1), -1)
         right = pred == y
         fixed, broken = int((right & ~base_right).sum()), int((~right & base_right).sum())
         out[config_name(rule, w)] = {"rule": rule, "w": w, **metrics(y, pred), "fixed": fixed, "broken": broken,
@@ -365,7 +398,8 @@ def ferplus_scores(args: argparse.Namespace, frame, moodlens, run_keras) -> dict
     x112 = np.stack([cv2.cvtColor(cv2.resize(f, (FACEAPI_SIZE, FACEAPI_SIZE), interpolation=cv2.INTER_LINEAR),
                                   cv2.COLOR_GRAY2RGB) for f in plus.images])
     p_fa = faceapi_to4(run_keras(x112))
-    return score_all(plus.y, p_ml, p_fa, np.ones(len(plus.y), bool), args.weights)
+    return score_all(plus.y, p_ml, p_fa, np.ones(len(plus.y), bool), args.weights,
+                     np.full(len(plus.y), FER_FACE_SIDE), args.gate)
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -388,6 +422,13 @@ def main() -> None:
                         help="with --faceapi-keras: weights (1-a) original + a tuned (1: the tuned net as is)")
     parser.add_argument("--grey", action="store_true",
                         help="give face-api its photo crops in grey (copied to RGB), as FER's faces are")
+    parser.add_argument("--gate", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="face-api's weight ramps from 0 for a face LO px wide in its picture to w at HI px "
+                             f"(FER2013's faces count as {FER_FACE_SIDE:g} px: 48 / the crop margin)")
+    parser.add_argument("--as-fer", action="store_true",
+                        help="give face-api moodlens's 48x48 grey photo crop upscaled to 112, as FER2013's faces "
+                             "reach it: does face-api need the resolution? (the crop margin is then moodlens's)")
+    parser.add_argument("--flip", action="store_true", help="average both nets over each crop and its mirror")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds (each: every model, --per-round runs)")
@@ -408,6 +449,10 @@ def main() -> None:
     analyzer = Analyzer(classes="4", num_threads=1)
     moodlens = analyzer.classifier if args.moodlens == "4" else restricted_to4(Analyzer(classes="7").classifier)
     report["moodlens_model"] = f"expression-{args.moodlens}.tflite"
+    if args.flip:
+        run_keras = (lambda run: lambda x: flip_averaged(run, x))(run_keras)
+        moodlens = flip_averaged_classifier(moodlens)
+    report.update(flip=args.flip, gate=args.gate)
 
     # 1. photos-dev
     photos = photo_crops(args.photos, args.margins, analyzer)
@@ -415,18 +460,24 @@ def main() -> None:
     print(f"\nphotos-dev: {len(photos.y)} faces, {int((~photos.found).sum())} not found, "
           f"{int(photos.pretrained.sum())} from face-api.js/Human repos; our 48 crop vs Analyzer.analyze: "
           f"max |dp| = {photos.engine_max_diff:.2g}")
+    sides = photos.face_side[photos.found]
+    print("face sides (px, full resolution): min / 10% / median / 90% / max = " +
+          " / ".join(f"{v:.0f}" for v in np.percentile(sides, [0, 10, 50, 90, 100])))
     report["photos"] = {"n": len(photos.y), "not_found": int((~photos.found).sum()),
                         "from_pretrained_repos": int(photos.pretrained.sum()),
                         "engine_check_max_abs_diff": photos.engine_max_diff, "by_margin": {}}
     for m in args.margins:
         crops = photos.crops112[m]
-        if args.grey:  # the same crops as FER2013's faces reach face-api: grey, copied to RGB
+        if args.as_fer:
+            crops = crops_from_fer(photos.crops48, CropSpec(FACEAPI_SIZE, grey=False)).astype(np.uint8)
+        elif args.grey:  # the same crops as FER2013's faces reach face-api: grey, copied to RGB
             crops = np.repeat(np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops])[..., None], 3, axis=-1)
         p_fa = faceapi_to4(run_keras(crops))
         keep = ~photos.pretrained
-        blocks = {"all": score_all(photos.y, p_ml, p_fa, photos.found, args.weights),
+        blocks = {"all": score_all(photos.y, p_ml, p_fa, photos.found, args.weights, photos.face_side, args.gate),
                   "excl. face-api/Human repos": score_all(photos.y[keep], p_ml[keep], p_fa[keep],
-                                                            photos.found[keep], args.weights)}
+                                                            photos.found[keep], args.weights,
+                                                            photos.face_side[keep], args.gate)}
         report["photos"]["by_margin"][f"{m:g}"] = blocks
         print("\n" + table(f"photos-dev, face-api crop margin {m:g}", blocks))
     flat = {f"margin {m} {k}": v for m, b in report["photos"]["by_margin"].items() for k, v in b["all"].items()}
@@ -453,7 +504,8 @@ def main() -> None:
                                                        interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
                                for f in faces])
         p_fa_fer = faceapi_to4(run_keras(fer_inputs))
-        fer = score_all(y, p_ml_fer, p_fa_fer, np.ones(len(y), bool), args.weights)
+        fer = score_all(y, p_ml_fer, p_fa_fer, np.ones(len(y), bool), args.weights, np.full(len(y), FER_FACE_SIDE),
+                        args.gate)
         report["fer2013_publictest"] = fer
         print("\n" + table("FER2013 PublicTest, 4 classes", {"PublicTest": fer}))
         if args.ferplus.exists():

@@ -3,6 +3,8 @@ the same face for a fused file (export.fused_logits_model)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,27 @@ def test_the_analyzer_cuts_one_crop_per_input_and_explains_all_of_them_at_once(f
     want = analyzer.classifier.predict([align_crop(rgb, d, 48, grey=True)[None],
                                         align_crop(rgb, d, 112, grey=False)[None]])[0]
     np.testing.assert_allclose([face.scores[c] for c in analyzer.classes], want, atol=2e-3)
+
+
+def test_the_photos_alternative_is_shipped_by_name_with_both_crops_and_an_honest_card():
+    """`--model photos`: the 4-class net fused with face-api.js's, one 48x48 grey and one 112x112 RGB crop."""
+    from moodlens.engine.classify import ALTERNATIVES, model_file
+
+    clf = ExpressionClassifier("photos")
+    assert clf.path == model_file("photos") and clf.path.name == f"{ALTERNATIVES['photos']}.tflite"
+    assert clf.inputs == (FER_CROP, CropSpec(112, grey=False)) and clf.classes == ("angry", "happy", "neutral", "sad")
+    parts = clf.card["architecture"]["components"]
+    assert [p["weight"] for p in parts] == [0.5, 0.5] and parts[1]["published"]
+    assert "MIT license" in parts[1]["training"] and any("not documented" in x for x in clf.card["limitations"])
+    assert {"photos", "PublicTest_ferplus"} <= set(clf.card["metrics"])
+    p = clf.predict(np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.uint8))
+    assert p.shape == (3, 4) and np.allclose(p.sum(axis=1), 1, atol=1e-3)
+
+
+def test_a_file_named_like_an_alternative_is_still_a_path(tmp_path, monkeypatch):
+    from moodlens.engine.classify import model_file
+
+    monkeypatch.chdir(tmp_path)
+    assert model_file("photos").name == "expression-4-photos.tflite"
+    (tmp_path / "photos").write_bytes(b"")
+    assert model_file("photos") == Path("photos")

@@ -302,3 +302,13 @@ def test_two_inputs_never_share_an_output_file(tmp_path, astronaut_rgb):
     assert not (tmp_path / "drawn").exists()
     one = run(str(tmp_path / "day1"), str(tmp_path / "day1" / "x.jpg"), "--annotate", str(tmp_path / "drawn"), "-q")
     assert one.exit_code == 0, one.output  # the same file named twice writes one copy, as before
+
+
+def test_the_photos_model_by_name_and_an_unknown_model_in_one_line(photos):
+    result = run(str(photos / "face.jpg"), "--model", "photos", "-q")
+    assert result.exit_code == 0
+    (face,) = json_lines(result.stdout)["face.jpg"]["faces"]
+    assert list(face["scores"]) == CLASSES and sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)
+    result = run(str(photos / "face.jpg"), "--model", "nope")
+    assert result.exit_code == 2 and "'nope' is neither a model file (.tflite) nor a shipped model (photos)" \
+        in result.output

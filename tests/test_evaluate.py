@@ -99,12 +99,14 @@ def test_unknown_split_is_a_clear_error(tiny_checkpoint):
 
 @pytest.mark.data
 @pytest.mark.skipif(not FER2013.exists(), reason="needs ../shared/data (FER2013)")
-@pytest.mark.parametrize("classes", ["4", "7"])
-def test_shipped_model_keeps_its_publictest_accuracy(classes):
+@pytest.mark.parametrize(("classes", "model"), [("4", None), ("7", None), ("4", "photos")])
+def test_shipped_model_keeps_its_publictest_accuracy(classes, model):
+    from moodlens.engine.classify import model_file
     from moodlens.training.evaluate import evaluate
 
-    card = json.loads((MODELS / f"expression-{classes}.json").read_text())
-    result = evaluate(FER2013, "PublicTest", classes, FERPLUS if FERPLUS.exists() else None)
+    path = model_file(model) if model else MODELS / f"expression-{classes}.tflite"
+    card = json.loads(path.with_suffix(".json").read_text())
+    result = evaluate(FER2013, "PublicTest", classes, FERPLUS if FERPLUS.exists() else None, path)
     recorded = card["metrics"]["PublicTest_fer2013"]["accuracy"]
     assert result["accuracy"] >= recorded - 0.005
     if "ferplus" in result:
@@ -173,3 +175,17 @@ def test_photos_dev_four_class_accuracy_is_measured():
     result = evaluate_photos(labels, "4")
     assert result["n"] == 140 and result["faces_not_found"] == 0
     assert result["accuracy"] >= 0.85  # the shipped model measured 0.864 (0.875 without face-api.js/Human photos)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (SHARED / "photos-dev" / "labels.csv").exists(), reason="needs ../shared/data/photos-dev")
+def test_the_photos_model_keeps_its_real_photo_accuracy():
+    from moodlens.engine.classify import model_file
+    from moodlens.training.evaluate import evaluate_photos
+
+    path = model_file("photos")
+    card = json.loads(path.with_suffix(".json").read_text())
+    result = evaluate_photos(SHARED / "photos-dev" / "labels.csv", "4", path)
+    assert result["n"] == card["metrics"]["photos"]["n"] == 140
+    assert result["accuracy"] >= card["metrics"]["photos"]["accuracy"] - 0.005  # 0.929 (the default: 0.879)
+    assert min(c["recall"] for c in result["per_class"].values()) >= 0.84

@@ -213,6 +213,33 @@ def test_export_fuses_a_two_head_net_with_another_run_into_one_file(tmp_path, he
     assert float(np.abs(clf.predict(faces) - ref).max()) < 1e-4
 
 
+FACEAPI_MODEL = Path(__file__).resolve().parents[1] / ".cache/faceapi/node_modules/@vladmandic/face-api/model"
+
+
+@pytest.mark.skipif(not FACEAPI_MODEL.is_dir(), reason="needs face-api.js (make faceapi)")
+def test_a_faceapi_model_folder_fuses_as_the_published_net_and_its_card_says_so():
+    """`export --fuse FOLDER`: face-api's net as published, its logits restricted to the target classes give its
+    own probabilities over them; the component and the limitations name where it comes from."""
+    from scipy.special import softmax
+
+    from moodlens.training.export import fuse_component, fuse_part
+    from moodlens.training.faceapi import FACEAPI_CLASSES, load_faceapi_expression_net
+    from moodlens.training.labels import class_set
+    from moodlens.training.modelcard import limitations
+
+    four = class_set("4")
+    net, cols = fuse_part(FACEAPI_MODEL, four)
+    assert net.input_shape == (None, 112, 112, 3) and cols == [0, 1, 2, 3]
+    x = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3)).astype(np.float32)
+    p7 = load_faceapi_expression_net(FACEAPI_MODEL).predict(x, verbose=0)
+    p4 = p7[:, [list(FACEAPI_CLASSES.values()).index(c) for c in four.classes]]
+    assert np.allclose(softmax(net.predict(x, verbose=0), axis=1), p4 / p4.sum(axis=1, keepdims=True), atol=1e-5)
+    part = fuse_component(str(FACEAPI_MODEL), net, cols, 0.5)
+    assert part["published"] and part["config"] == {} and "MIT license" in part["training"]
+    text = limitations([[48, 48, 1], [112, 112, 3]])
+    assert not any(x.startswith("48x48 grayscale input") for x in text) and "not documented" in text[-1]
+
+
 SHIPPED_SEVEN = Path(__file__).resolve().parents[1] / "src" / "moodlens" / "models" / "expression-7.tflite"
 
 

@@ -59,6 +59,29 @@ def with_extra_check(command: click.Command, name: str) -> click.Command:
     return command
 
 
+class ModelParam(click.ParamType):
+    """`--model`: an existing model file, or the name of a shipped alternative (engine.classify.ALTERNATIVES)."""
+
+    name = "model"
+
+    def __init__(self, suffixes: tuple[str, ...] = (".tflite",)) -> None:
+        self.suffixes = suffixes
+
+    def convert(self, value, param, ctx):
+        from moodlens.engine.classify import ALTERNATIVES, model_file
+
+        path = model_file(value)
+        if not path.is_file():
+            names = ", ".join(ALTERNATIVES)
+            self.fail(f"{value!r} is neither a model file ({' or '.join(self.suffixes)}) nor a shipped model "
+                      f"({names})", param, ctx)
+        return str(path)
+
+
+MODEL_HELP = "A .tflite expression model instead of the shipped one, or 'photos': the 4-class model fused with " \
+    "face-api.js's, better on real photos and worse on FER2013 (its model card)."
+
+
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand runs."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from moodlens.cli import MODEL_HELP, ModelParam
 from moodlens.engine.decode import IMAGE_SUFFIXES
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.runtime import quiet_native_output
@@ -314,8 +315,7 @@ def csv_rows(record: dict, classes: tuple[str, ...]) -> list[list]:
               help="Write annotated copies (photos, and videos with face ids) into this folder; or, for one video, "
                    "the annotated video's file name (.mp4 .avi .mov .mkv; never overwritten).")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True, help="Class set.")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
-              help="A .tflite expression model instead of the shipped one.")
+@click.option("--model", "model_path", type=ModelParam(), help=MODEL_HELP)
 @click.option("--detector", type=click.Choice(DETECTORS), default="auto", show_default=True,
               help="Face detector: short range, full range, or auto (both as needed).")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,

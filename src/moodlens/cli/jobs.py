@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import click
 
+from moodlens.cli import MODEL_HELP
 from moodlens.engine.errors import MoodlensError
 from moodlens.engine.safeio import printable
 from moodlens.jobs import storage
@@ -41,7 +42,7 @@ def s3_endpoint_option(f):
 @click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes (default: all cores).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images of the sorted list.")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
-@click.option("--model", "model_path", default=None, help="A .tflite expression model instead of the shipped one.")
+@click.option("--model", "model_path", default=None, help=MODEL_HELP)
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True,
               help="Images per resumable part.")
 @click.option("--keep-parts", is_flag=True, help="Keep DEST.parts/ after merging.")
@@ -146,7 +147,7 @@ def _with_session(master: str | None, conf: tuple[str, ...], app: str, run: Call
 @click.argument("src")
 @click.argument("dest")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
-@click.option("--model", "model_path", default=None, help="A .tflite expression model instead of the shipped one.")
+@click.option("--model", "model_path", default=None, help=MODEL_HELP)
 @_spark_options
 @click.pass_context
 def spark_batch_command(ctx, src, dest, classes, model_path, master, partitions, read_with, write_with, limit, conf,

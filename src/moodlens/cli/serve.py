@@ -9,6 +9,7 @@ import socket
 
 import click
 
+from moodlens.cli import MODEL_HELP, ModelParam
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.errors import MoodlensError
 from moodlens.web.engines import CLASS_SETS
@@ -48,8 +49,7 @@ def _cors_origin(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Threads per worker; they only ever see whole requests (moodlens.web.serve.BufferingWorker).")
 @click.option("--classes", type=click.Choice(CLASS_SETS), default="4", show_default=True,
               help="Class set used when a request does not choose one.")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A .tflite expression model to use instead of the shipped one (for --classes).")
+@click.option("--model", "model_path", type=ModelParam(), default=None, help=MODEL_HELP + " Serves --classes.")
 @click.option("--detector", type=click.Choice(DETECTORS), default="auto", show_default=True,
               help="Face detector: BlazeFace short range (selfies, webcams), full range, YuNet (groups, small "
                    "faces), or auto (short range, then YuNet where short range cannot vouch for the photo).")

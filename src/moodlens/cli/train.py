@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from moodlens.cli import ModelParam
 from moodlens.training.data import TARGETS
 
 
@@ -117,13 +118,16 @@ def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
               help="int8 weights (dynamic range): 4x smaller and faster; accuracy is measured after.")
 @click.option("--flip-tta/--no-flip-tta", default=False, show_default=True,
               help="Average each face's logits with its mirror image's (2x the compute).")
-@click.option("--fuse", "fuse_with", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Fuse another checkpoint into the same file (repeatable); each input shape is one input crop.")
+@click.option("--fuse", "fuse_with", multiple=True, type=click.Path(exists=True),
+              help="Fuse another checkpoint into the same file (repeatable); each input shape is one input crop. "
+                   "A folder: face-api.js's model folder, its expression net as published.")
+@click.option("--photos", type=click.Path(exists=True),
+              help="Also score the file end to end on labelled real photos (as `evaluate --photos`) for its card.")
 @click.option("--fuse-weights", help="Comma-separated weights, CHECKPOINT's first [default: equal].")
 @click.option("--calibrate-on", type=click.Choice(["auto", "fer2013", "ferplus"]), default="auto", show_default=True,
               help="Labels the calibration is fitted to (auto: FER+ majority for the FER+ head, else FER2013's).")
 def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, calibration, uncertain_below, quantize,
-                   flip_tta, fuse_with, fuse_weights, calibrate_on) -> None:
+                   flip_tta, fuse_with, photos, fuse_weights, calibrate_on) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""
     from moodlens.training.export import export_model
 
@@ -132,7 +136,7 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, cali
                                    calibration=calibration, uncertain_below=uncertain_below, quantize=quantize,
                                    flip_tta=flip_tta, machine=cpu_name(), fuse_with=fuse_with,
                                    fuse_weights=parse_weights(fuse_weights, len(fuse_with) + 1),
-                                   calibrate_on=calibrate_on)
+                                   calibrate_on=calibrate_on, photos=photos)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
@@ -155,8 +159,9 @@ def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, cali
               help="Real photos instead: a labels.csv (file,label,...; photos-dev's format) or a folder whose "
                    "subfolder or file-name prefix is the label. Scored end to end, largest face; no face = wrong.")
 @click.option("--classes", type=click.Choice(["4", "7"]), default="4", show_default=True)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False),
-              help="A .tflite or .keras model (default: the shipped model for --classes; --photos: .tflite only).")
+@click.option("--model", type=ModelParam((".tflite", ".keras")),
+              help="A .tflite or .keras model, or 'photos' (default: the shipped model for --classes; --photos: "
+                   ".tflite only).")
 @click.option("--head", type=click.Choice(["fer2013", "ferplus"]), default=None,
               help="Head of a two-head .keras checkpoint [default: fer2013].")
 @click.option("--exclude-training-duplicates", is_flag=True,

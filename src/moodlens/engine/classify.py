@@ -57,11 +57,24 @@ def crops_from_fer(faces48: np.ndarray, spec: CropSpec) -> np.ndarray:
         x = np.stack([cv2.resize(f, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR) for f in x]) \
             if len(x) else np.zeros((0, spec.size, spec.size), np.float32)
     return x[..., None] if spec.grey else np.repeat(x[..., None], 3, axis=-1)
+# Shipped models besides each class set's default, by the name `--model` takes (their file name without .tflite)
+ALTERNATIVES: dict[str, str] = {
+    # the 4-class net fused with face-api.js's: better on real photos, worse on FER2013 (see its model card)
+    "photos": "expression-4-photos",
+}
 
 
 def shipped_model_path(classes: str | int = "4") -> Path:
     """Path of the shipped `classes`-class model file."""
     return Path(str(resources.files("moodlens") / "models" / f"expression-{classes}.tflite"))
+
+
+def model_file(model: str | Path) -> Path:
+    """A `--model` value as a file: a shipped alternative's name (moodlens.models.ALTERNATIVES, e.g. "photos") or
+    a path. A file of that name in the working folder is still a path."""
+    if isinstance(model, str) and model in ALTERNATIVES and not Path(model).exists():
+        return Path(str(resources.files("moodlens") / "models" / f"{ALTERNATIVES[model]}.tflite"))
+    return Path(model)
 
 
 class ExpressionClassifier:
@@ -72,9 +85,11 @@ class ExpressionClassifier:
     """
 
     def __init__(self, model_path: str | Path | None = None, classes: str | int = "4", num_threads: int = 1):
+        """`model_path`: a .tflite file, or a shipped alternative's name (model_file); None: the shipped model for
+        `classes`."""
         if model_path is None and str(classes) not in CLASSES:
             raise ValueError(f"classes must be one of {sorted(CLASSES)} (the shipped models), not {classes!r}")
-        self.path = Path(model_path) if model_path else shipped_model_path(classes)
+        self.path = model_file(model_path) if model_path else shipped_model_path(classes)
         self.card = self._read_card()
         self.num_threads = num_threads
         self._content: bytes | None = None  # the model file's bytes, read once by the first _load

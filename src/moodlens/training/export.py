@@ -174,9 +174,13 @@ def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, fli
 
 def fuse_part(path: str | Path, target: ClassSet):
     """A checkpoint to fuse: its single-head logits net and the columns giving `target` (FER2013's head of a
-    two-head net)."""
+    two-head net). A folder is face-api.js's model folder: its FaceExpressionNet as published."""
     import keras
 
+    if Path(path).is_dir():
+        from moodlens.training.faceapi import faceapi_classifier
+
+        return faceapi_classifier(path, tuple(target.classes)), list(range(len(target)))
     net = keras.models.load_model(path, compile=False)
     heads = checkpoint_heads(net, Path(path))
     head = None if None in heads else "fer2013"
@@ -187,14 +191,33 @@ def fuse_component(path: str, net, cols: list[int], weight: float) -> dict:
     """What the model card says of one fused net: its checkpoint, weight, input, size and training."""
     import json
 
-    from moodlens.training.modelcard import training_description
+    from moodlens.training.modelcard import FACEAPI_ORIGIN, training_description
 
+    published = Path(path).is_dir()  # face-api's model folder (fuse_part)
     config = Path(path).parent / "config.json"
-    run_cfg = json.loads(config.read_text()) if config.exists() else {}
-    return {"checkpoint": Path(path).name, "weight": float(weight), "input": list(net.input_shape[1:]),
-            "parameters": int(net.count_params()), "output_columns": list(cols),
-            "training": training_description(run_cfg, str(net.output_shape[-1]), "PublicTest") if run_cfg else "",
-            "config": run_cfg}
+    run_cfg = json.loads(config.read_text()) if config.exists() and not published else {}
+    training = FACEAPI_ORIGIN.replace("Starts from", "Used as published (not fine-tuned):", 1) if published else \
+        training_description(run_cfg, str(net.output_shape[-1]), "PublicTest") if run_cfg else ""
+    return {"checkpoint": "face-api.js FaceExpressionNet (published)" if published else Path(path).name,
+            "weight": float(weight), "input": list(net.input_shape[1:]), "parameters": int(net.count_params()),
+            "output_columns": list(cols), "training": training, "config": run_cfg, "published": published}
+
+
+def photo_metrics(photos: str | Path, classes: str, model: Path) -> dict:
+    """Card metric blocks for real photos scored end to end with `model` (evaluate_photos), all of them and
+    without those from repositories the pretrained net may have seen."""
+    from moodlens.training.evaluate import evaluate_photos
+
+    res = evaluate_photos(photos, classes, model)
+    name = Path(photos).parent.name if Path(photos).is_file() else Path(photos).name
+    out = {}
+    for key, block, where in (("photos", res, ""), ("photos_excl", res.get("excluding_repos"), ", without photos "
+                                                    "from the face-api.js and Human repositories")):
+        if block is not None:
+            out[key] = {"split": f"{name} (real photos, end to end{where})", "labels": "photo labels", "n": block["n"],
+                        "accuracy": block["accuracy"], "macro_f1": block["macro_f1"],
+                        "per_class": block["per_class"], "faces_not_found": block.get("faces_not_found")}
+    return out
 
 
 def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013: str | Path,
@@ -202,7 +225,7 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
                  calibration: str = "vector", uncertain_below: float | None = None, quantize: str = "dynamic",
                  flip_tta: bool = False, machine: str = "", fuse_with: tuple[str, ...] = (),
                  fuse_weights: tuple[float, ...] | None = None,
-                 calibrate_on: str = "auto") -> tuple[dict, tuple[Path, ...]]:
+                 calibrate_on: str = "auto", photos: str | Path | None = None) -> tuple[dict, tuple[Path, ...]]:
     """`moodlens export`: pick the head, calibrate on `split`, write the .tflite, check it against Keras,
     measure it and write its model card. Returns (card, written paths).
 
@@ -210,7 +233,8 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     `fuse_weights` (one per net, the checkpoint's first; default equal). `calibrate_on`: the labels the
     calibration is fitted to ("auto": FER+ majority for the FER+ head, FER2013's otherwise). A bias per class
     moves decisions toward those labels' class balance: fitted on FER2013's, a fused 4-class file measured 0.830
-    on FER+ majority labels before calibration and 0.750 after."""
+    on FER+ majority labels before calibration and 0.750 after. `photos`: labelled real photos (a labels.csv or
+    folder, as `evaluate --photos`) scored end to end with the written file, for the card."""
     import json
 
     import keras
@@ -274,6 +298,8 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
                     "split": split + (", without Training duplicates" if dedup else ""), "labels": name,
                     "n": block["n"], "accuracy": block["accuracy"], "macro_f1": block["macro_f1"],
                     "per_class": block["per_class"]}
+    if photos is not None:
+        metrics.update(photo_metrics(photos, classes, out))
     run_cfg = json.loads((ckpt.parent / "config.json").read_text()) if (ckpt.parent / "config.json").exists() else {}
     card = build_card(
         classes=target, trained=trained, head=head, head_choice=measured, cols=cols, out=out, quantize=quantize,

@@ -77,7 +77,7 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
         description += (f" Its {len(trained)} outputs are restricted to {', '.join(classes.classes)} "
                         "(softmax over those logits).")
     return {
-        "name": f"moodlens expression-{classes.name}",
+        "name": f"moodlens {out.stem}",
         "summary": f"A {len(classes)}-class facial-expression classifier ({', '.join(classes.classes)}) for "
                    f"aligned face crops ({input_words(inputs)}), small enough to run in about a millisecond or two "
                    "on one CPU core.",
@@ -86,7 +86,8 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
         "output": "(N, C) calibrated class probabilities, rows sum to 1",
         "file": out.name, "file_bytes": out.stat().st_size, "quantization": quantize, "flip_tta": flip_tta,
         "architecture": {"name": "fusion of " + " and ".join(
-                             "face-api.js FaceExpressionNet (fine-tuned)" if c["input"] == [112, 112, 3]
+                             f"face-api.js FaceExpressionNet ({'published' if c.get('published') else 'fine-tuned'})"
+                             if c["input"] == [112, 112, 3]
                              else "4-stage VGG-style CNN" for c in components) if components
                          else "4-stage VGG-style CNN with batch norm, global average pooling",
                          "components": components or [],
@@ -101,10 +102,26 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
         "training": {"description": description, "config": run_cfg},
         "data_terms": DATA_TERMS,
         "intended_use": INTENDED_USE,
-        "limitations": LIMITATIONS,
+        "limitations": limitations(inputs),
         "face_detector": ("BlazeFace short range (Google MediaPipe, Apache-2.0) and YuNet (OpenCV Zoo, MIT); "
                           "see face_detection.md"),
     }
+
+
+def limitations(inputs: list | None) -> list[str]:
+    """The shared limitations; a file with an RGB input reads more than the 48x48 grey crop, and part of it
+    was trained on data nobody documented."""
+    if not any(s[2] == 3 for s in inputs or []):
+        return LIMITATIONS
+    crops = input_words(inputs)
+    return [RGB_LIMITATION.format(crops=crops) if x.startswith("48x48 grayscale input") else x
+            for x in LIMITATIONS] + [UNDOCUMENTED_DATA]
+
+
+RGB_LIMITATION = ("Input {crops} crops of each face: glasses, masks, hands, profile views, strong lighting and "
+                  "motion blur lower accuracy. Faces smaller than about 24 pixels are not reliably detected.")
+UNDOCUMENTED_DATA = ("Part of this file is face-api.js's expression net, whose training data is not documented: "
+                     "its biases are unknown, and it may have seen FER2013 and some of the photos it is measured on.")
 
 
 def input_words(inputs: list | None) -> str:
