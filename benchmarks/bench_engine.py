@@ -1,6 +1,6 @@
 """End-to-end milliseconds per photo, stage by stage, one thread (LiteRT and OpenCV), median and p90.
 
-    python benchmarks/bench_engine.py [--runs 200]
+    python benchmarks/bench_engine.py [--runs 200] [--classes 4] [--model photos]
 
 The one-face photo's end-to-end time is also given as a ratio to the reference unit (benchmarks/reference.py),
 measured in the same run: that ratio, not the milliseconds, is what compares across machines.
@@ -73,14 +73,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--classes", default="4")
+    parser.add_argument("--model", help="a .tflite file or a shipped alternative's name (e.g. photos)")
     args = parser.parse_args()
     cv2.setNumThreads(1)  # one core: OpenCV's resize/warp would otherwise use a thread pool
     from moodlens import Analyzer
 
-    analyzer = Analyzer(classes=args.classes, num_threads=1)
+    analyzer = Analyzer(classes=args.classes, model_path=args.model, num_threads=1)
     photos = {"1 face, 640x480 JPEG": jpeg(one_face_photo()), "4 faces, 640x480 JPEG": jpeg(group_photo())}
     print(f"machine: {machine()}")
-    print(f"LiteRT and OpenCV on 1 thread, detector auto, {args.classes} classes, {args.runs} runs; ms median / p90")
+    print(f"LiteRT and OpenCV on 1 thread, detector auto, {analyzer.classifier.path.name}, {args.runs} runs; "
+          "ms median / p90")
     columns = (*STAGES, "cpu")
     print(f"{'photo':<24}{'faces':>6}" + "".join(f"{s:>16}" for s in columns))
     for name, data in photos.items():
