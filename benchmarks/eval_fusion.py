@@ -55,7 +55,6 @@ PRETRAINED_SOURCES = ("justadudewhohacks/face-api.js", "vladmandic/face-api", "v
 FER_CODES = {0: "angry", 3: "happy", 4: "sad", 6: "neutral"}  # FER2013 emotion code -> 4-class name
 FACEAPI_SIZE = 112
 GOAL_ACCURACY, GOAL_RECALL = 0.94, 0.85
-FER_FACE_SIDE = FACE_SIZE / CROP_SCALE  # a FER2013 face's box side: its 48 px image is the aligner's crop of it
 RULES = ("log", "prob")
 
 
@@ -237,10 +236,8 @@ def export_litert(model, path: Path, quantize: bool) -> Path:
 # -------------------------------------------------------------------------------------- fusion, metrics
 
 
-def fuse(p_ml: np.ndarray, p_fa: np.ndarray, w: float | np.ndarray, rule: str) -> np.ndarray:
-    """Fused 4-class scores, weight `w` on face-api (one for all faces, or one per face): weighted mean of
-    log-probabilities or of probabilities."""
-    w = np.asarray(w, np.float64).reshape(-1, 1) if np.ndim(w) else w
+def fuse(p_ml: np.ndarray, p_fa: np.ndarray, w: float, rule: str) -> np.ndarray:
+    """Fused 4-class scores, weight `w` on face-api: weighted mean of log-probabilities or of probabilities."""
     if rule == "log":
         eps = 1e-7
         return (1 - w) * np.log(np.clip(p_ml, eps, 1)) + w * np.log(np.clip(p_fa, eps, 1))
@@ -277,15 +274,6 @@ def mcnemar_p(fixed: int, broken: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def gated(w: float, face_side: np.ndarray, gate: tuple[float, float] | None) -> float | np.ndarray:
-    """face-api's weight per face: `w`, times a ramp from 0 at a face `gate[0]` pixels wide in its source picture
-    to 1 at `gate[1]` (no gate: `w` for every face)."""
-    if gate is None:
-        return w
-    lo, hi = gate
-    return w * np.clip((face_side - lo) / (hi - lo), 0.0, 1.0)
-
-
 def flip_averaged(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """`run`'s probabilities averaged over `x` and its mirror image (geometric mean, renormalised)."""
     logp = (np.log(np.clip(run(x), 1e-7, 1)) + np.log(np.clip(run(np.ascontiguousarray(x[:, :, ::-1])), 1e-7, 1))) / 2
@@ -294,15 +282,13 @@ def flip_averaged(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.
 
 
 def score_all(y: np.ndarray, p_ml: np.ndarray, p_fa: np.ndarray, found: np.ndarray,
-              weights: list[float], face_side: np.ndarray | None = None,
-              gate: tuple[float, float] | None = None) -> dict[str, dict]:
+              weights: list[float]) -> dict[str, dict]:
     """{config name: metrics} for every fusion configuration, with the faces it gets right that moodlens alone
-    gets wrong (`fixed`) and the reverse (`broken`). With `gate`, face-api's weight ramps with `face_side`."""
+    gets wrong (`fixed`) and the reverse (`broken`)."""
     base_right = found & (p_ml.argmax(axis=1) == y)
     out = {}
     for rule, w in configurations(weights):
-        wf = w if w in (0, 1) else gated(w, face_side, gate)
-        pred = np.where(found, fuse(p_ml, p_fa, wf, rule).argmax(axis=1), -1)
+        pred = np.where(found, fuse(p_ml, p_fa, w, rule).argmax(axis=1), -1)
         right = pred == y
         fixed, broken = int((right & ~base_right).sum()), int((~right & base_right).sum())
         out[config_name(rule, w)] = {"rule": rule, "w": w, **metrics(y, pred), "fixed": fixed, "broken": broken,
@@ -398,8 +384,7 @@ def ferplus_scores(args: argparse.Namespace, frame, moodlens, run_keras) -> dict
     x112 = np.stack([cv2.cvtColor(cv2.resize(f, (FACEAPI_SIZE, FACEAPI_SIZE), interpolation=cv2.INTER_LINEAR),
                                   cv2.COLOR_GRAY2RGB) for f in plus.images])
     p_fa = faceapi_to4(run_keras(x112))
-    return score_all(plus.y, p_ml, p_fa, np.ones(len(plus.y), bool), args.weights,
-                     np.full(len(plus.y), FER_FACE_SIDE), args.gate)
+    return score_all(plus.y, p_ml, p_fa, np.ones(len(plus.y), bool), args.weights)
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -422,9 +407,6 @@ def main() -> None:
                         help="with --faceapi-keras: weights (1-a) original + a tuned (1: the tuned net as is)")
     parser.add_argument("--grey", action="store_true",
                         help="give face-api its photo crops in grey (copied to RGB), as FER's faces are")
-    parser.add_argument("--gate", type=float, nargs=2, metavar=("LO", "HI"),
-                        help="face-api's weight ramps from 0 for a face LO px wide in its picture to w at HI px "
-                             f"(FER2013's faces count as {FER_FACE_SIDE:g} px: 48 / the crop margin)")
     parser.add_argument("--as-fer", action="store_true",
                         help="give face-api moodlens's 48x48 grey photo crop upscaled to 112, as FER2013's faces "
                              "reach it: does face-api need the resolution? (the crop margin is then moodlens's)")
@@ -452,7 +434,7 @@ def main() -> None:
     if args.flip:
         run_keras = (lambda run: lambda x: flip_averaged(run, x))(run_keras)
         moodlens = flip_averaged_classifier(moodlens)
-    report.update(flip=args.flip, gate=args.gate)
+    report.update(flip=args.flip, as_fer=args.as_fer)
 
     # 1. photos-dev
     photos = photo_crops(args.photos, args.margins, analyzer)
@@ -474,10 +456,9 @@ def main() -> None:
             crops = np.repeat(np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops])[..., None], 3, axis=-1)
         p_fa = faceapi_to4(run_keras(crops))
         keep = ~photos.pretrained
-        blocks = {"all": score_all(photos.y, p_ml, p_fa, photos.found, args.weights, photos.face_side, args.gate),
+        blocks = {"all": score_all(photos.y, p_ml, p_fa, photos.found, args.weights),
                   "excl. face-api/Human repos": score_all(photos.y[keep], p_ml[keep], p_fa[keep],
-                                                            photos.found[keep], args.weights,
-                                                            photos.face_side[keep], args.gate)}
+                                                            photos.found[keep], args.weights)}
         report["photos"]["by_margin"][f"{m:g}"] = blocks
         print("\n" + table(f"photos-dev, face-api crop margin {m:g}", blocks))
     flat = {f"margin {m} {k}": v for m, b in report["photos"]["by_margin"].items() for k, v in b["all"].items()}
@@ -504,8 +485,7 @@ def main() -> None:
                                                        interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
                                for f in faces])
         p_fa_fer = faceapi_to4(run_keras(fer_inputs))
-        fer = score_all(y, p_ml_fer, p_fa_fer, np.ones(len(y), bool), args.weights, np.full(len(y), FER_FACE_SIDE),
-                        args.gate)
+        fer = score_all(y, p_ml_fer, p_fa_fer, np.ones(len(y), bool), args.weights)
         report["fer2013_publictest"] = fer
         print("\n" + table("FER2013 PublicTest, 4 classes", {"PublicTest": fer}))
         if args.ferplus.exists():

@@ -108,6 +108,21 @@ def test_card_text_for_people():
     assert plain("labels (fer2013new.csv), MIT") == "labels, MIT"
     assert plain("Use the `uncertain` flag.") == "Use the uncertain flag."
     assert split_name("PublicTest") == "FER2013 PublicTest split"
+    assert split_name("photos-dev (real photos, end to end, without photos from the face-api.js and Human "
+                      "repositories)") == "Real photos (photos-dev), read by the whole engine from the photo, " \
+        "without photos from the face-api.js and Human repositories"
+
+
+def test_the_photos_models_page_names_its_real_photo_figures_in_words():
+    from moodlens.engine.classify import ExpressionClassifier
+    from moodlens.web.modelpage import readable_card
+
+    clf = ExpressionClassifier("photos")
+    card = readable_card(clf.card, list(clf.classes), None)
+    photo_rows = [r for r in card["accuracy"] if r["test"].startswith("Real photos")]
+    assert card["real_photos"] and [r["faces"] for r in photo_rows] == ["140", "128"]
+    assert photo_rows[0]["labels"] == "the expression a person labelled each photo with"
+    assert any("not documented" in x for x in card["limitations"])
 
 
 # --- API docs page, vendored Swagger UI ---------------------------------------------------------------------------

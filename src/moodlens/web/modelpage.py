@@ -15,6 +15,7 @@ from moodlens.models import DATA_TERMS, INTENDED_USE, LIMITATIONS
 LABEL_SETS = {
     "FER2013": "the original FER2013 labels (one per photo)",
     "FER+ majority": "the FER+ labels (the majority vote of ten people per photo)",
+    "photo labels": "the expression a person labelled each photo with",
 }
 LABEL_SETS_SHORT = {"FER2013": "original FER2013 labels", "FER+ majority": "FER+ majority labels"}
 
@@ -32,7 +33,11 @@ def plain(text: str) -> str:
 
 
 def split_name(split: str) -> str:
-    """ "PublicTest" -> "FER2013 PublicTest split"; "PublicTest, without Training duplicates" -> in words."""
+    """ "PublicTest" -> "FER2013 PublicTest split"; "PublicTest, without Training duplicates" -> in words; a set of
+    real photos ("photos-dev (real photos, end to end, ...)", export.photo_metrics) -> in words."""
+    if "(real photos" in str(split):
+        name, _, rest = str(split).partition(" (real photos, end to end")
+        return f"Real photos ({name}), read by the whole engine from the photo" + rest.rstrip(")")
     base, _, rest = str(split).partition(",")
     name = f"FER2013 {base.strip()} split"
     if "duplicate" in rest:
@@ -135,6 +140,7 @@ def readable_card(card: dict[str, Any], classes: list[str], uncertain_below: flo
         "summary": plain(card["summary"]) if card.get("summary") else "",
         "classes": classes,
         "accuracy": _accuracy_rows(metrics),
+        "real_photos": any("(real photos" in str(m.get("split", "")) for m in metrics.values() if isinstance(m, dict)),
         "recall_where": recall_where,
         "recall": recall,
         "uncertain": (f"A face is marked uncertain when its most likely expression scores under {pct(threshold, 0)}: "
