@@ -57,6 +57,8 @@ def crops_from_fer(faces48: np.ndarray, spec: CropSpec) -> np.ndarray:
         x = np.stack([cv2.resize(f, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR) for f in x]) \
             if len(x) else np.zeros((0, spec.size, spec.size), np.float32)
     return x[..., None] if spec.grey else np.repeat(x[..., None], 3, axis=-1)
+
+
 # Shipped models besides each class set's default, by the name `--model` takes (their file name without .tflite)
 ALTERNATIVES: dict[str, str] = {
     # the 4-class net fused with face-api.js's: better on real photos, worse on FER2013 (see its model card)
@@ -70,7 +72,7 @@ def shipped_model_path(classes: str | int = "4") -> Path:
 
 
 def model_file(model: str | Path) -> Path:
-    """A `--model` value as a file: a shipped alternative's name (moodlens.models.ALTERNATIVES, e.g. "photos") or
+    """A `--model` value as a file: a shipped alternative's name (ALTERNATIVES, e.g. "photos") or
     a path. A file of that name in the working folder is still a path."""
     if isinstance(model, str) and model in ALTERNATIVES and not Path(model).exists():
         return Path(str(resources.files("moodlens") / "models" / f"{ALTERNATIVES[model]}.tflite"))

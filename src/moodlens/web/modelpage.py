@@ -32,10 +32,15 @@ def plain(text: str) -> str:
     return text.replace("`", "").strip()
 
 
+def real_photos(split: str) -> bool:
+    """Whether a card's metric was measured on real photos (export.photo_metrics), not a FER2013 split."""
+    return "(real photos" in str(split)
+
+
 def split_name(split: str) -> str:
     """ "PublicTest" -> "FER2013 PublicTest split"; "PublicTest, without Training duplicates" -> in words; a set of
     real photos ("photos-dev (real photos, end to end, ...)", export.photo_metrics) -> in words."""
-    if "(real photos" in str(split):
+    if real_photos(split):
         name, _, rest = str(split).partition(" (real photos, end to end")
         return f"Real photos ({name}), read by the whole engine from the photo" + rest.rstrip(")")
     base, _, rest = str(split).partition(",")
@@ -140,7 +145,7 @@ def readable_card(card: dict[str, Any], classes: list[str], uncertain_below: flo
         "summary": plain(card["summary"]) if card.get("summary") else "",
         "classes": classes,
         "accuracy": _accuracy_rows(metrics),
-        "real_photos": any("(real photos" in str(m.get("split", "")) for m in metrics.values() if isinstance(m, dict)),
+        "real_photos": any(real_photos(m.get("split", "")) for m in metrics.values() if isinstance(m, dict)),
         "recall_where": recall_where,
         "recall": recall,
         "uncertain": (f"A face is marked uncertain when its most likely expression scores under {pct(threshold, 0)}: "
