@@ -310,5 +310,5 @@ def test_the_photos_model_by_name_and_an_unknown_model_in_one_line(photos):
     (face,) = json_lines(result.stdout)["face.jpg"]["faces"]
     assert list(face["scores"]) == CLASSES and sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)
     result = run(str(photos / "face.jpg"), "--model", "nope")
-    assert result.exit_code == 2 and "'nope' is neither a model file (.tflite) nor a shipped model (photos)" \
-        in result.output
+    assert result.exit_code == 2 and "'nope' does not exist: give a model file (.tflite) or a shipped model's " \
+        "name (photos)" in result.output

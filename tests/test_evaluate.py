@@ -187,5 +187,5 @@ def test_the_photos_model_keeps_its_real_photo_accuracy():
     card = json.loads(path.with_suffix(".json").read_text())
     result = evaluate_photos(SHARED / "photos-dev" / "labels.csv", "4", path)
     assert result["n"] == card["metrics"]["photos"]["n"] == 140
-    assert result["accuracy"] >= card["metrics"]["photos"]["accuracy"] - 0.005  # 0.929 (the default: 0.879)
-    assert min(c["recall"] for c in result["per_class"].values()) >= 0.84
+    assert result["accuracy"] >= card["metrics"]["photos"]["accuracy"] - 0.005  # 0.943 (the default: 0.879)
+    assert min(c["recall"] for c in result["per_class"].values()) >= 0.85  # sad 0.885 (the default: 0.577)

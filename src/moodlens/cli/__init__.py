@@ -73,8 +73,8 @@ class ModelParam(click.ParamType):
         path = model_file(value)
         if not path.is_file():
             names = ", ".join(ALTERNATIVES)
-            self.fail(f"{value!r} is neither a model file ({' or '.join(self.suffixes)}) nor a shipped model "
-                      f"({names})", param, ctx)
+            self.fail(f"{value!r} does not exist: give a model file ({' or '.join(self.suffixes)}) or a shipped "
+                      f"model's name ({names})", param, ctx)
         return str(path)
 
 
