@@ -259,6 +259,10 @@ class _YuNet:
                 net.setScoreThreshold(self.verify_from if fine else self.min_score)
                 _, found = net.detect(img)
                 if found is not None:
+                    # on an image a pixel or two wide (a 16x20000 PNG scaled down), OpenCV 4.13's YuNet now and then
+                    # gives rows of NaN or of no width: no face, and their crop would divide by zero
+                    found = found[np.isfinite(found).all(axis=1) & (found[:, 2] > 0) & (found[:, 3] > 0)]
+                if found is not None and len(found):
                     found = found[:, :15] / np.array([scale] * 14 + [1], np.float32)
                     rows.append(self._verify(net, bgr, found) if fine else found)
         if not rows:
