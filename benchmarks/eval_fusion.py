@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import tempfile
@@ -432,7 +433,7 @@ def main() -> None:
     moodlens = analyzer.classifier if args.moodlens == "4" else restricted_to4(Analyzer(classes="7").classifier)
     report["moodlens_model"] = f"expression-{args.moodlens}.tflite"
     if args.flip:
-        run_keras = (lambda run: lambda x: flip_averaged(run, x))(run_keras)
+        run_keras = functools.partial(flip_averaged, run_keras)
         moodlens = flip_averaged_classifier(moodlens)
     report.update(flip=args.flip, as_fer=args.as_fer)
 

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.6])
     args = parser.parse_args()
     from moodlens.engine.analyzer import Analyzer
+    from moodlens.engine.classify import CropSpec, crops_from_fer
     from moodlens.training.data import load_fer, read_fer2013
     from moodlens.training.faceapi import load_faceapi_expression_net
     from moodlens.training.labels import class_set
@@ -53,8 +54,7 @@ def main() -> None:
     plus = load_fer(fer, "PublicTest", class_set("4"), ferplus=SHARED / "ferplus" / "fer2013new.csv",
                     targets="ferplus", frame=read_fer2013(fer))
     fer_ml = in_chunks(analyzer.classifier.predict, plus.images).astype(np.float64)
-    fer_fa = faceapi_to4(faceapi(np.stack([cv2.cvtColor(cv2.resize(f, (FACEAPI_SIZE, FACEAPI_SIZE)),
-                                                          cv2.COLOR_GRAY2RGB) for f in plus.images])))
+    fer_fa = faceapi_to4(faceapi(crops_from_fer(plus.images, CropSpec(FACEAPI_SIZE, grey=False))))
 
     def accuracy(scores: np.ndarray, y: np.ndarray, found: np.ndarray | None = None) -> float:
         right = scores.argmax(axis=1) == y

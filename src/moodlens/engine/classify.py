@@ -68,14 +68,18 @@ ALTERNATIVES: dict[str, str] = {
 
 def shipped_model_path(classes: str | int = "4") -> Path:
     """Path of the shipped `classes`-class model file."""
-    return Path(str(resources.files("moodlens") / "models" / f"expression-{classes}.tflite"))
+    return _shipped(f"expression-{classes}")
+
+
+def _shipped(name: str) -> Path:
+    return Path(str(resources.files("moodlens") / "models" / f"{name}.tflite"))
 
 
 def model_file(model: str | Path) -> Path:
     """A `--model` value as a file: a shipped alternative's name (ALTERNATIVES, e.g. "photos") or
     a path. A file of that name in the working folder is still a path."""
     if isinstance(model, str) and model in ALTERNATIVES and not Path(model).exists():
-        return Path(str(resources.files("moodlens") / "models" / f"{ALTERNATIVES[model]}.tflite"))
+        return _shipped(ALTERNATIVES[model])
     return Path(model)
 
 
