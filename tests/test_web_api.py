@@ -135,6 +135,23 @@ def test_seven_classes(app, client, face_jpeg, how):
     assert pool.get("7") is seven and "7" in pool.loaded  # built once, then reused
 
 
+@pytest.mark.parametrize("how", ["query", "form"])
+def test_photos_model_on_request(app, client, face_jpeg, how):
+    """`model=photos` answers from the photos model (4 classes), built once beside the default."""
+    pool = app.extensions["moodlens"]
+    resp = post_file(client, face_jpeg, query="?model=photos") if how == "query" else \
+        post_file(client, face_jpeg, model="photos")
+    assert resp.status_code == 200
+    photos = pool.get("photos")
+    assert photos is not pool.get("4") and photos.model_card["name"] == "moodlens expression-4-photos"
+    face = assert_one_face(resp.get_json())
+    default = assert_one_face(post_file(client, face_jpeg).get_json())
+    assert face["box"] == default["box"] and face["scores"] != default["scores"]  # same face, the other net
+    assert post_file(client, face_jpeg, query="?model=photos&classes=4").status_code == 200
+    assert post_file(client, face_jpeg, query="?model=&classes=7").get_json()["classes"][1] == "disgust"
+    assert pool.get("photos") is photos and "photos" in client.get("/api/v1/health").get_json()["loaded"]
+
+
 def test_analyzer_built_once_at_creation(app, client, analyzer, face_jpeg):
     pool = app.extensions["moodlens"]
     assert pool.loaded[0] == "4" and pool.get() is analyzer
@@ -177,7 +194,8 @@ def test_malformed_multipart(client):
 @pytest.mark.parametrize("query, name", [("?classes=5", "classes"), ("?classes=four", "classes"),
                                          ("?explain=maybe", "explain"), ("?min_face_score=2", "min_face_score"),
                                          ("?min_face_score=high", "min_face_score"),
-                                         ("?min_face_score=nan", "min_face_score")])
+                                         ("?min_face_score=nan", "min_face_score"), ("?model=fast", "model"),
+                                         ("?model=photos&classes=7", "classes")])
 def test_bad_options(client, face_jpeg, query, name):
     assert f"`{name}`" in assert_problem(post_file(client, face_jpeg, query=query), 400, "bad-option")["detail"]
 
@@ -357,11 +375,15 @@ def test_model_card(client):
     assert body["classes"] == CLASSES_4
     assert len(client.get("/api/v1/model?classes=7").get_json()["classes"]) == 7
     assert_problem(client.get("/api/v1/model?classes=9"), 400, "bad-option")
+    photos = client.get("/api/v1/model?model=photos").get_json()
+    assert photos["name"] == "moodlens expression-4-photos" and photos["classes"] == CLASSES_4
+    assert_problem(client.get("/api/v1/model?model=photos&classes=7"), 400, "bad-option")
 
 
 @pytest.mark.parametrize("path, text", [
     ("/", "not what the person feels"), ("/webcam", "Start camera"), ("/model", "Model card"),
-    ("/model?classes=7", "7-class"), ("/api", "problem+json"), ("/api/docs", "swagger-ui-bundle.js"),
+    ("/model?classes=7", "7 classes"),
+    ("/model?model=photos", "for real photos"), ("/api", "problem+json"), ("/api/docs", "swagger-ui-bundle.js"),
 ])
 def test_pages(client, path, text):
     resp = client.get(path)

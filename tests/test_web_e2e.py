@@ -154,6 +154,34 @@ def test_upload_photos(server, browser, files, name, viewport):
     page.context.close()
 
 
+def test_the_model_picker_asks_for_the_photos_model(server, browser, files):
+    """Upload and webcam pages: picking "tuned for real photos" sends `model=photos` (and no `classes`), and the
+    page shows that model's answer."""
+    page, errors = open_page(browser, server + "/", DESKTOP)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/analyze" in r.url else None)
+    page.select_option("#classes", "photos")
+    page.set_input_files("#file-input", [str(files["face"])])
+    page.wait_for_function("() => document.querySelectorAll('.result[data-state=done]').length === 1", timeout=30_000)
+    assert asked and all("model=photos" in url and "classes=" not in url for url in asked), asked
+    answer = api_answer(server, files["face"], "?model=photos")
+    top = max(answer["faces"], key=lambda f: f["score"])
+    shown = page.locator(".result .overlay .face-label").first.inner_text()
+    assert label_class(shown) == top["expression"] and f"{round(100 * top['scores'][top['expression']])}%" in shown
+    page.context.close()
+
+    page, errors2 = open_page(browser, server + "/webcam", DESKTOP)
+    asked.clear()
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/analyze" in r.url else None)
+    page.select_option("#cam-classes", "photos")
+    page.click("#start")
+    page.wait_for_selector("#cam-overlay .face-label", timeout=30_000)
+    page.click("#stop")
+    assert asked and all("model=photos" in url for url in asked), asked
+    assert errors == [] and errors2 == []
+    page.context.close()
+
+
 PASTE_AND_DROP = """async ([b64, how]) => {
     const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
     const data = new DataTransfer();
@@ -241,8 +269,8 @@ def test_model_page(server, browser, name, viewport):
 # --- results of a group photo ------------------------------------------------------------------------------------
 
 
-def api_answer(server: str, path: Path) -> dict:
-    req = urllib.request.Request(server + "/api/v1/analyze", data=path.read_bytes(),
+def api_answer(server: str, path: Path, query: str = "") -> dict:
+    req = urllib.request.Request(server + "/api/v1/analyze" + query, data=path.read_bytes(),
                                  headers={"Content-Type": "image/jpeg"}, method="POST")
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)

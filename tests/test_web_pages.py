@@ -55,10 +55,10 @@ def card_keys(value) -> set[str]:
 # --- model page -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("classes", ["4", "7"])
-def test_model_page_is_written_for_people(client, classes):
-    card = client.get(f"/api/v1/model?classes={classes}").get_json()  # the figures the page must show
-    resp = client.get(f"/model?classes={classes}")
+@pytest.mark.parametrize("query", ["classes=4", "classes=7", "model=photos"])
+def test_model_page_is_written_for_people(client, query):
+    card = client.get(f"/api/v1/model?{query}").get_json()  # the figures the page must show
+    resp = client.get(f"/model?{query}")
     assert resp.status_code == 200
     text = visible_text(resp.get_data(as_text=True))
 
@@ -81,9 +81,11 @@ def test_model_page_is_written_for_people(client, classes):
         assert key not in text, key
     for leak in ("runs/", "../shared", ".csv", ".md", ".tflite", ".json", "`", "moodlens train", "{", "None"):
         assert leak not in text, leak
-    if classes == "7":
+    if query == "classes=7":
         assert "The 4-class model forces" not in text
-    assert 'href="/api/v1/model?classes=' + classes + '"' in resp.get_data(as_text=True)  # the raw card stays
+    html = resp.get_data(as_text=True)
+    assert f'href="/api/v1/model?{query}"' in html  # the raw card stays
+    assert html.count('aria-current="page"') == 2 and f'href="/model?{query}" aria-current="page"' in html
 
 
 def test_model_page_of_a_model_without_its_card(analyzer):

@@ -12,7 +12,7 @@ import click
 from moodlens.cli import MODEL_HELP, ModelParam
 from moodlens.engine.detect import DETECTORS
 from moodlens.engine.errors import MoodlensError
-from moodlens.web.engines import CLASS_SETS
+from moodlens.web.engines import CLASS_SETS, MODEL_NAMES
 from moodlens.web.serve import (
     MAX_WORKER_RSS_MB,
     StandaloneApplication,
@@ -101,8 +101,9 @@ def serve_command(
         "MOODLENS_MODEL_PATH": model_path,
         "MOODLENS_DETECTOR": detector,
         "MOODLENS_MIN_FACE_SCORE": min_face_score,
-        # Both class sets load now, in the master, so every worker shares them and none loads on a request.
-        "MOODLENS_PRELOAD": CLASS_SETS if model_path is None else (classes,),
+        # Every shipped model (both class sets, photos) loads now, in the master, so every worker shares them and
+        # none loads on a request.
+        "MOODLENS_PRELOAD": CLASS_SETS + MODEL_NAMES if model_path is None else (classes,),
         "MOODLENS_RATE_LIMIT": rate_limit,
         "MOODLENS_RATE_BURST": burst,
         "MOODLENS_PROXIES": proxies,

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from moodlens import __version__
 from moodlens.engine.errors import AnalysisTimeout, ImageError
-from moodlens.web.engines import CLASS_SETS, analyzers
+from moodlens.web.engines import CLASS_SETS, MODEL_NAMES, analyzers
 from moodlens.web.preview import decode_for_preview, preview_data_url
 from moodlens.web.problems import ApiProblem
 from moodlens.web.security import rate_limit
@@ -43,6 +43,23 @@ def classes_option() -> str:
     return value
 
 
+def model_option() -> str:
+    """Which analyzer answers: the `model` option (a shipped model's name, "photos"), else the class set
+    (classes_option). A `classes` the named model does not read is refused rather than ignored."""
+    name = _option("model")
+    if name is None or name == "":
+        return classes_option()
+    if name not in MODEL_NAMES:
+        names = " or ".join(MODEL_NAMES)
+        raise ApiProblem(400, "bad-option", f"`model` must be {names} (or empty: the default), not {name[:20]!r}.")
+    asked = _option("classes")
+    n = str(len(analyzers().get(name).classes))
+    if asked and asked != n:
+        raise ApiProblem(400, "bad-option", f"The {name} model reads {n} classes: give `classes={n}` or leave "
+                                            "`classes` out.")
+    return name
+
+
 def bool_option(name: str) -> bool:
     """A 0/1 option (also true/false, yes/no, on/off); False when absent."""
     value = _option(name)
@@ -72,12 +89,12 @@ def score_option(name: str = "min_face_score") -> float:
 @bp.post("/analyze")
 def analyze() -> Response:
     """Find the faces in one photo and read each one's expression."""
-    classes = classes_option()
+    key = model_option()
     explain = bool_option("explain")
     min_face_score = score_option()
     preview = bool_option("preview")
     data = read_image()
-    analyzer = analyzers().get(classes)
+    analyzer = analyzers().get(key)
     start = time.perf_counter()
     if preview:  # decoded once: analysed, and sent back for a page whose browser cannot show the file (TIFF)
         data = decode_for_preview(data, analyzer)
@@ -136,8 +153,8 @@ def health() -> Response:
 
 @bp.get("/model")
 def model() -> Response:
-    """The model card of the `classes` model (default: the app's)."""
-    analyzer = analyzers().get(classes_option())
+    """The model card of the `model` or `classes` model (default: the app's)."""
+    analyzer = analyzers().get(model_option())
     card = dict(getattr(analyzer, "model_card", None) or {})
     card.setdefault("classes", list(analyzer.classes))
     return jsonify(card)

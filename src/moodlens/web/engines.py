@@ -1,4 +1,5 @@
-"""The app's analyzers: one per class set, each built once and shared by every request and thread."""
+"""The app's analyzers: one per class set and per shipped alternative model, each built once and shared by every
+request and thread."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ from typing import Any
 
 from flask import current_app
 
+from moodlens.engine.classify import ALTERNATIVES
+
 CLASS_SETS = ("4", "7")
+#: Shipped models a request may choose by name instead of its class set's default (`model=photos`)
+MODEL_NAMES: tuple[str, ...] = tuple(ALTERNATIVES)
 
 
 class AnalyzerPool:
-    """Holds one `moodlens.Analyzer` per class set.
+    """Holds one `moodlens.Analyzer` per class set ("4", "7") and per shipped alternative ("photos").
 
     The default class set's analyzer is built when the pool is made (at app creation, so a broken model fails
-    at start-up); another class set is built the first time a request asks for it, once, under a lock.
+    at start-up); any other is built the first time a request asks for it, once, under a lock.
     """
 
     def __init__(
@@ -42,30 +47,33 @@ class AnalyzerPool:
 
     @property
     def loaded(self) -> list[str]:
-        """Class sets whose analyzer is built."""
+        """Class sets and model names whose analyzer is built."""
         return sorted(self._analyzers)
 
-    def load(self, *classes: str) -> None:
-        """Build the analyzers of `classes` now (before gunicorn forks, so workers share them)."""
-        for c in classes:
-            self.get(str(c))
+    def load(self, *keys: str) -> None:
+        """Build the analyzers of `keys` (class sets or model names) now (before gunicorn forks, so workers
+        share them)."""
+        for key in keys:
+            self.get(str(key))
 
-    def get(self, classes: str | None = None) -> Any:
-        """The analyzer for `classes` ("4" or "7"; None: the default)."""
-        key = classes or self.default
+    def get(self, key: str | None = None) -> Any:
+        """The analyzer for `key`: a class set ("4" or "7"), a shipped model's name ("photos"), or None (the
+        default class set)."""
+        key = key or self.default
         found = self._analyzers.get(key)
         if found is not None:
             return found
-        if key not in CLASS_SETS:
-            raise ValueError(f"unknown class set {key!r}")
+        if key not in CLASS_SETS + MODEL_NAMES:
+            raise ValueError(f"unknown class set or model {key!r}")
         with self._lock:
             if key not in self._analyzers:
                 from moodlens import Analyzer
 
-                model_path = self.model_path if key == self.default else None
+                model_path = self.model_path if key == self.default else key if key in MODEL_NAMES else None
                 limits = {"max_bytes": self.max_bytes} if self.max_bytes else {}
                 self._analyzers[key] = Analyzer(
-                    classes=key, model_path=model_path, detector=self.detector, **limits)
+                    classes=key if key in CLASS_SETS else "4", model_path=model_path, detector=self.detector,
+                    **limits)
             return self._analyzers[key]
 
 

@@ -13,12 +13,16 @@ from flask import Flask
 from moodlens import __version__
 from moodlens.engine.analyzer import MAX_EXPLAIN_FACES
 from moodlens.engine.decode import CORRUPT, NOT_AN_IMAGE
-from moodlens.web.engines import CLASS_SETS
+from moodlens.web.engines import CLASS_SETS, MODEL_NAMES
 from moodlens.web.problems import MEDIA_TYPE, PROBLEM_TYPES
 
 #: What the API accepts, exactly (schemathesis checks that anything else is refused): `classes` 4 or 7, empty
-#: for the default; `explain` a boolean word in any case (moodlens.web.api.bool_option), empty for false.
+#: for the default; `model` a shipped alternative's name ("photos"), empty for the class set's model; `explain` a
+#: boolean word in any case (moodlens.web.api.bool_option), empty for false.
 CLASSES_SCHEMA: dict[str, Any] = {"type": "string", "enum": [*CLASS_SETS, ""]}
+MODEL_SCHEMA: dict[str, Any] = {"type": "string", "enum": [*MODEL_NAMES, ""]}
+#: What /api/v1/health lists as loaded or failed: class sets and model names
+LOADED_SCHEMA: dict[str, Any] = {"type": "string", "enum": [*CLASS_SETS, *MODEL_NAMES]}
 EXPLAIN_SCHEMA: dict[str, Any] = {
     "type": "string",
     "pattern": "^(|[01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff])$",
@@ -96,9 +100,9 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "error"]},
             "version": {"type": "string"},
             "default_classes": {"type": "string", "enum": list(CLASS_SETS)},
-            "loaded": {"type": "array", "items": {"type": "string", "enum": list(CLASS_SETS)},
-                       "description": "Class sets whose model is loaded."},
-            "failed": {"type": "array", "items": {"type": "string", "enum": list(CLASS_SETS)},
+            "loaded": {"type": "array", "items": LOADED_SCHEMA,
+                       "description": "Class sets and model names whose model is loaded."},
+            "failed": {"type": "array", "items": LOADED_SCHEMA,
                        "description": "With status error: class sets whose engine failed its last self-test."},
         },
     },
@@ -163,6 +167,7 @@ CURL_EXAMPLES = """Examples:
 
 ```
 curl -F image=@photo.jpg 'http://127.0.0.1:8000/api/v1/analyze?classes=7'
+curl -F image=@photo.jpg -F model=photos http://127.0.0.1:8000/api/v1/analyze
 curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/api/v1/analyze
 ```"""
 
@@ -187,6 +192,11 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                "description": f"Class set: 4 (angry, happy, neutral, sad) or 7 (FER2013's). Default {default} "
                               "(also when empty).",
                "schema": CLASSES_SCHEMA | {"default": default}}
+    model = {"name": "model", "in": "query", "required": False,
+             "description": "A shipped alternative model instead of the class set's: `photos`, the 4-class net fused "
+                            "with face-api.js's (better on real photos, worse on FER2013, about 2.7x slower). With "
+                            "it, `classes` may be left out or must be 4. Empty: the class set's model.",
+             "schema": MODEL_SCHEMA | {"default": ""}}
     explain = {"name": "explain", "in": "query", "required": False,
                "description": "1: add a heatmap to each of the first 16 faces, best detector score first (slower). "
                               "Also true/false, yes/no, on/off, any case; "
@@ -231,7 +241,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "description": "Send one photo (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF, HEIC) as the multipart "
                                    "field `image`, or as the raw body with an image/* Content-Type. Options go in the "
                                    "query string (or, with multipart, as form fields).\n\n" + CURL_EXAMPLES,
-                    "parameters": [classes, explain, preview, min_score],
+                    "parameters": [classes, model, explain, preview, min_score],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -243,6 +253,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                                         "image": {"type": "string", "contentMediaType": "application/octet-stream",
                                                   "description": "The photo, one file."},
                                         "classes": CLASSES_SCHEMA,
+                                        "model": MODEL_SCHEMA,
                                         "explain": EXPLAIN_SCHEMA,
                                         "preview": EXPLAIN_SCHEMA,
                                         "min_face_score": {"type": "string"},
@@ -319,10 +330,10 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "tags": ["model"],
                     "summary": "The model card",
                     "description": "The model card as JSON; the Model page (`/model`) shows it in words.",
-                    "parameters": [classes],
+                    "parameters": [classes, model],
                     "responses": {
                         "200": _with_examples(
-                            _json("The model card of the chosen class set.", "ModelCard"), "application/json",
+                            _json("The model card of the chosen class set or model.", "ModelCard"), "application/json",
                             {"abridged": {"summary": "Abridged", "value": {
                                 "name": "moodlens expression-4", "classes": ["angry", "happy", "neutral", "sad"],
                                 "uncertain_below": 0.5,
@@ -330,7 +341,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                                                                    "n": 2622, "accuracy": 0.7124}},
                                 "intended_use": "Reading the facial expression (the configuration of the face) "
                                                 "of people in ordinary photos and webcam frames..."}}}),
-                        "400": _problem("Invalid `classes`."),
+                        "400": _problem("Invalid `classes` or `model`."),
                         **rate_limited,
                     },
                 },

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from moodlens.web.engines import CLASS_SETS, analyzers
+from moodlens.web.engines import CLASS_SETS, MODEL_NAMES, analyzers
 from moodlens.web.modelpage import readable_card
 from moodlens.web.problems import PROBLEM_TYPES
 
@@ -25,18 +25,23 @@ def webcam() -> str:
     return render_template("webcam.html", page="webcam")
 
 
+#: The model page's tabs: (key, the query that picks it, its name in words)
+MODEL_TABS = [(c, {"classes": c}, f"{c} classes") for c in CLASS_SETS] + [
+    (name, {"model": name}, f"4 classes, for real {name}") for name in MODEL_NAMES]
+
+
 @bp.get("/model")
 def model() -> str:
     """The model card in words: classes, accuracy, what it is for and not for, data and terms."""
-    classes = request.args.get("classes", "")
-    if classes not in CLASS_SETS:
-        classes = analyzers().default
-    analyzer = analyzers().get(classes)
+    key = request.args.get("model", "") or request.args.get("classes", "")
+    if key not in CLASS_SETS + MODEL_NAMES:
+        key = analyzers().default
+    analyzer = analyzers().get(key)
     card: dict[str, Any] = dict(getattr(analyzer, "model_card", None) or {})
     names = [str(c) for c in card.get("classes") or analyzer.classes]
     view = readable_card(card, names, getattr(analyzer, "uncertain_below", None))
-    return render_template("model.html", page="model", card=view, has_card=bool(card), classes=classes,
-                           class_sets=CLASS_SETS)
+    tab = next(t for t in MODEL_TABS if t[0] == key)
+    return render_template("model.html", page="model", card=view, has_card=bool(card), current=tab, tabs=MODEL_TABS)
 
 
 @bp.get("/api")

@@ -28,10 +28,12 @@
     return cssColor("--o-" + expression) || cssColor("--o-other");
   }
 
-  /* Call the API with one image (a Blob or File). Returns {ok, status, body, retryAfter}. */
+  /* Call the API with one image (a Blob or File); options: model, explain, preview, raw. Returns {ok, status, body,
+     retryAfter}. */
   async function analyze(image, options, signal) {
     const params = new URLSearchParams();
-    if (options.classes) params.set("classes", options.classes);
+    // The model picker's value: a class set ("4", "7") or a shipped model's name ("photos").
+    if (options.model) params.set(/^[0-9]+$/.test(options.model) ? "classes" : "model", options.model);
     if (options.explain) params.set("explain", "1");
     if (options.preview) params.set("preview", "1"); // the picture back as a JPEG, for a file the page cannot show
     const init = { method: "POST", signal: signal };

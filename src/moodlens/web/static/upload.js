@@ -6,7 +6,7 @@
   const input = document.getElementById("file-input");
   const drop = document.getElementById("drop");
   const results = document.getElementById("results");
-  const classes = document.getElementById("classes");
+  const modelPick = document.getElementById("classes");
   const heatmap = document.getElementById("heatmap");
   const clear = document.getElementById("clear");
   const bar = document.getElementById("batch");
@@ -190,7 +190,7 @@
       for (let attempt = 0; attempt < 5; attempt++) {
         let res;
         try {
-          res = await M.analyze(item.file, { classes: classes.value, explain: heatmap.checked,
+          res = await M.analyze(item.file, { model: modelPick.value, explain: heatmap.checked,
             preview: !item.shown });
         } catch (e) {
           fail(item, "Could not reach the server (" + e.message + ").");
@@ -324,7 +324,7 @@
     results.classList.toggle("show-heatmap", heatmap.checked);
     if (heatmap.checked) startBatch(items.filter(function (it) { return !it.explained; }));
   });
-  classes.addEventListener("change", function () { startBatch(items.slice()); });
+  modelPick.addEventListener("change", function () { startBatch(items.slice()); });
 
   viewCards.addEventListener("click", function () { chosenView = "cards"; update(); });
   viewTable.addEventListener("click", function () { chosenView = "table"; update(); });

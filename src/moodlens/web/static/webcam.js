@@ -35,7 +35,7 @@
   const CATCH_UP = 3; // frames a late frame's successors may go early to keep the average at the cap
   const startBtn = document.getElementById("start");
   const stopBtn = document.getElementById("stop");
-  const classes = document.getElementById("cam-classes");
+  const modelPick = document.getElementById("cam-classes");
   const fpsOut = document.getElementById("fps");
   const message = document.getElementById("cam-message");
   const stage = document.getElementById("cam-stage");
@@ -341,7 +341,7 @@
     controllers.add(controller);
     let res;
     try {
-      res = await M.analyze(frame.blob, { classes: classes.value, raw: true }, controller.signal);
+      res = await M.analyze(frame.blob, { model: modelPick.value, raw: true }, controller.signal);
     } catch (e) {
       if (id === session) {
         say("Lost the connection to the server; retrying…", true);
