@@ -91,7 +91,8 @@ class PhotoSet:
     pretrained: np.ndarray  # (N,) bool: the photo comes from a face-api.js / Human repository
     crops48: np.ndarray  # (N, 48, 48) uint8 grey (zeros where no face)
     face_side: np.ndarray  # (N,) the detector box's longer side in the photo's full-resolution pixels
-    crops112: dict[float, np.ndarray] = field(default_factory=dict)  # margin -> (N, 112, 112, 3) uint8 RGB
+    # margin -> (N, S, S, 3) uint8 RGB face-api crops, S = --faceapi-size (112, face-api's own input, by default)
+    crops112: dict[float, np.ndarray] = field(default_factory=dict)
     engine_max_diff: float = 0.0  # max |p(our 48 crop) - Analyzer.analyze's score| over the photos
 
 
@@ -101,14 +102,14 @@ def read_photo_rows(labels_csv: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if r["kind"] == "single" and r["label"].strip() in CLASSES4]
 
 
-def photo_crops(labels_csv: Path, margins: list[float], analyzer: Analyzer) -> PhotoSet:
+def photo_crops(labels_csv: Path, margins: list[float], analyzer: Analyzer, size: int = FACEAPI_SIZE) -> PhotoSet:
     """Detect the largest face of each photo with the engine and cut both crops from the same detection."""
     rows = read_photo_rows(labels_csv)
     n = len(rows)
     out = PhotoSet(y=np.array([CLASSES4.index(r["label"].strip()) for r in rows]), found=np.zeros(n, bool),
                    pretrained=np.array([r["source_repo"] in PRETRAINED_SOURCES for r in rows]),
                    crops48=np.zeros((n, FACE_SIZE, FACE_SIZE), np.uint8), face_side=np.zeros(n),
-                   crops112={m: np.zeros((n, FACEAPI_SIZE, FACEAPI_SIZE, 3), np.uint8) for m in margins})
+                   crops112={m: np.zeros((n, size, size, 3), np.uint8) for m in margins})
     diffs = []
     for i, row in enumerate(rows):
         path = labels_csv.parent / row["file"]
@@ -124,7 +125,7 @@ def photo_crops(labels_csv: Path, margins: list[float], analyzer: Analyzer) -> P
         out.face_side[i] = max(d.scaled(1 / picture.scale).box[2:])
         full = picture.full()  # face-api's crop always from the full-resolution pixels, the same box scaled up
         for m in margins:
-            out.crops112[m][i] = faceapi_crop(full, d.scaled(1 / picture.scale), m)
+            out.crops112[m][i] = faceapi_crop(full, d.scaled(1 / picture.scale), m, size)
         # the 48 crop must be the one the engine classifies: compare with the engine end to end
         faces = analyzer.analyze(path).faces
         if not faces:  # cannot happen with a deterministic detector; counted as a full mismatch if it does
@@ -382,7 +383,8 @@ def ferplus_scores(args: argparse.Namespace, frame, moodlens, run_keras) -> dict
     plus = load_fer(args.fer2013, "PublicTest", class_set("4"), ferplus=args.ferplus, targets="ferplus", frame=frame)
     assert tuple(plus.class_set.classes) == CLASSES4
     p_ml = in_chunks(moodlens.predict, plus.images).astype(np.float64)
-    x112 = np.stack([cv2.cvtColor(cv2.resize(f, (FACEAPI_SIZE, FACEAPI_SIZE), interpolation=cv2.INTER_LINEAR),
+    size = args.faceapi_size
+    x112 = np.stack([cv2.cvtColor(cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR),
                                   cv2.COLOR_GRAY2RGB) for f in plus.images])
     p_fa = faceapi_to4(run_keras(x112))
     return score_all(plus.y, p_ml, p_fa, np.ones(len(plus.y), bool), args.weights)
@@ -412,6 +414,8 @@ def main() -> None:
                         help="give face-api moodlens's 48x48 grey photo crop upscaled to 112, as FER2013's faces "
                              "reach it: does face-api need the resolution? (the crop margin is then moodlens's)")
     parser.add_argument("--flip", action="store_true", help="average both nets over each crop and its mirror")
+    parser.add_argument("--faceapi-size", type=int, default=FACEAPI_SIZE,
+                        help="face-api's input side: other than 112, its weights on a smaller face (global pool)")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds (each: every model, --per-round runs)")
@@ -424,7 +428,8 @@ def main() -> None:
     cv2.setNumThreads(1)
     print(f"machine: {machine()}")
     report: dict = {"machine": machine(), "margins": args.margins, "weights": args.weights}
-    faceapi = load_faceapi_expression_net(args.faceapi_dir)
+    size = args.faceapi_size
+    faceapi = load_faceapi_expression_net(args.faceapi_dir, size)
     run_keras = keras_runner(faceapi) if args.faceapi_keras is None else \
         tuned_runner(args.faceapi_keras, args.faceapi_dir, args.wise_alpha)
     report["faceapi"] = f"{args.faceapi_keras} (WiSE alpha {args.wise_alpha})" if args.faceapi_keras \
@@ -435,10 +440,10 @@ def main() -> None:
     if args.flip:
         run_keras = functools.partial(flip_averaged, run_keras)
         moodlens = flip_averaged_classifier(moodlens)
-    report.update(flip=args.flip, as_fer=args.as_fer)
+    report.update(flip=args.flip, as_fer=args.as_fer, faceapi_size=size)
 
     # 1. photos-dev
-    photos = photo_crops(args.photos, args.margins, analyzer)
+    photos = photo_crops(args.photos, args.margins, analyzer, size)
     p_ml = moodlens.predict(photos.crops48).astype(np.float64)
     print(f"\nphotos-dev: {len(photos.y)} faces, {int((~photos.found).sum())} not found, "
           f"{int(photos.pretrained.sum())} from face-api.js/Human repos; our 48 crop vs Analyzer.analyze: "
@@ -452,7 +457,7 @@ def main() -> None:
     for m in args.margins:
         crops = photos.crops112[m]
         if args.as_fer:
-            crops = crops_from_fer(photos.crops48, CropSpec(FACEAPI_SIZE, grey=False)).astype(np.uint8)
+            crops = crops_from_fer(photos.crops48, CropSpec(size, grey=False)).astype(np.uint8)
         elif args.grey:  # the same crops as FER2013's faces reach face-api: grey, copied to RGB
             crops = np.repeat(np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops])[..., None], 3, axis=-1)
         p_fa = faceapi_to4(run_keras(crops))
@@ -482,7 +487,7 @@ def main() -> None:
         faces = np.stack(frame["image"].to_numpy()[rows])
         y = np.array([CLASSES4.index(FER_CODES[e]) for e in frame["emotion"].to_numpy()[rows]])
         p_ml_fer = in_chunks(moodlens.predict, faces).astype(np.float64)
-        fer_inputs = np.stack([cv2.cvtColor(cv2.resize(f, (FACEAPI_SIZE, FACEAPI_SIZE),
+        fer_inputs = np.stack([cv2.cvtColor(cv2.resize(f, (size, size),
                                                        interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
                                for f in faces])
         p_fa_fer = faceapi_to4(run_keras(fer_inputs))
@@ -500,7 +505,7 @@ def main() -> None:
             i8 = export_litert(faceapi, Path(tmp) / "faceapi-int8.tflite", quantize=True)
             sizes = {"faceapi float32": f32.stat().st_size, "faceapi int8": i8.stat().st_size}
             rng = np.random.default_rng(0)
-            x112 = rng.integers(0, 256, (1, FACEAPI_SIZE, FACEAPI_SIZE, 3)).astype(np.float32)
+            x112 = rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)
             x48 = rng.integers(0, 256, (1, FACE_SIZE, FACE_SIZE, 1)).astype(np.float32)
             ms = time_batch1({"expression-4.tflite (shipped)": invoker(shipped_model_path("4"), x48),
                               "reference/expression-4.tflite": invoker(REFERENCE_MODEL, x48),

@@ -314,3 +314,34 @@ def test_faceapi_arch_starts_as_the_published_net_and_fine_tunes_with_its_own_ou
     assert "val_ferplus_4_acc" in history[0] and len(history) == 2
     tuned = keras.models.load_model(run / "last.keras")
     assert tuned.input_shape[1:] == (112, 112, 3) and tuned.output_shape[-1] == 7
+
+
+def test_a_shipped_model_teaches_the_student_on_the_view_the_student_sees(tmp_path):
+    """--teacher photos --distill 1: every target is the teacher's output on the same augmented face (in the
+    student's class order), and the run trains on them."""
+    from click.testing import CliRunner
+
+    from moodlens.cli import main
+    from moodlens.engine.classify import model_file
+    from moodlens.training.labels import FER2013_CLASSES
+    from moodlens.training.train import load_datasets, make_train_stream, teacher_model
+
+    cfg = small_config(tmp_path, "distil", classes_override="4", distill=1.0, teacher="photos")
+    cfg.targets, cfg.label_smoothing, cfg.limit = "fer2013", 0.0, 64
+    train_set, _, _ = load_datasets(cfg)
+    x, t, _ = next(iter(make_train_stream(train_set, cfg, 0)[0]))
+    net = ExpressionClassifier(model_file("photos"))
+    cols = [net.classes.index(c) for c in train_set.class_set.classes]
+    np.testing.assert_allclose(t.numpy(), net.predict(x.numpy()[..., 0])[:, cols], atol=1e-5)
+    assert not np.allclose(t.numpy(), train_set.target[:32])  # not the labels
+
+    with pytest.raises(ValueError, match="cannot teach"):
+        teacher_model("photos", FER2013_CLASSES)
+    run = train(cfg, verbose=0)
+    assert keras.models.load_model(run / "last.keras").output_shape[-1] == 4
+    assert json.loads((run / "config.json").read_text())["teacher"] == "photos"
+
+    fer, _ = make_fer_pair(tmp_path)
+    result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "cli"), "--fer2013", str(fer),
+                                       "--teacher", "photos"])
+    assert result.exit_code == 2 and "--teacher needs --distill" in result.output

@@ -48,14 +48,18 @@ from moodlens.training.data import TARGETS
 @click.option("--faceapi-dir", type=click.Path(exists=True, file_okay=False),
               help="face-api's model/ folder (`make faceapi` puts it in .cache/faceapi).")
 @click.option("--distill", type=float, default=0.0, show_default=True,
-              help="With --arch faceapi: weight of the original net's own output mixed into every target.")
+              help="Weight of the teacher's output (on the same augmented face) mixed into every target: "
+                   "--teacher's, or with --arch faceapi the original net's own.")
+@click.option("--teacher", type=ModelParam(),
+              help="A .tflite model file, or a shipped model's name (photos), to distil from (with --distill).")
 @click.option("--photos", type=click.Path(exists=True),
               help="Labelled real photos (photos-dev labels.csv) scored every epoch: validation only.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 @click.option("--stop-after", type=int, help="Stop after this many epochs in this call (resume later).")
 def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, optimizer, lr,
                   weight_decay, ema, dropout, stage_dropout, label_smoothing, warmup_epochs, class_weight, width,
-                  seed, limit, init_from, arch, faceapi_dir, distill, photos, resume, stop_after) -> None:
+                  seed, limit, init_from, arch, faceapi_dir, distill, teacher, photos, resume,
+                  stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
     from moodlens.training.train import TrainConfig, train
 
@@ -63,6 +67,8 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
         raise click.UsageError("give --fer2013 (and optionally --ferplus) or --shards")
     if arch == "faceapi" and not (faceapi_dir or resume):
         raise click.UsageError("--arch faceapi needs --faceapi-dir (face-api's model/ folder)")
+    if teacher and not distill:
+        raise click.UsageError("--teacher needs --distill W: the weight of its output in every target")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
                       lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
@@ -70,7 +76,8 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
                       dropout=dropout, stage_dropout=stage_dropout, label_smoothing=label_smoothing,
                       warmup_epochs=warmup_epochs, class_weight=class_weight,
                       width=width, seed=seed, limit=limit, init_from=init_from, arch=arch,
-                      faceapi_dir=faceapi_dir, distill=distill, photos=photos)
+                      faceapi_dir=faceapi_dir, distill=distill,
+                      teacher=teacher, photos=photos)
     try:
         run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:

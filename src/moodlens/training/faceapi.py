@@ -87,9 +87,12 @@ def _dense_block(x, w: dict[str, np.ndarray], block: str, filters: int, first: b
     return layers.ReLU(name=f"{block}_relu3")(total)
 
 
-def load_faceapi_expression_net(model_dir: str | Path) -> keras.Model:
+def load_faceapi_expression_net(model_dir: str | Path, input_size: int = INPUT_SIZE) -> keras.Model:
     """FaceExpressionNet with face-api's weights from `model_dir` (the package's model/ folder, holding
     face_expression_model-weights_manifest.json and its shard).
+
+    `input_size` other than 112 runs the same weights on a smaller (or larger) face: the net is convolutional up
+    to its final 7x7 average pool, which is then a global average (the same mean at 112).
 
     Input: (N, 112, 112, 3) float32 RGB 0..255, the face already cropped square and resized (face-api pads to
     square and resizes bilinearly before the net; a 112x112 input passes through unchanged). Mean subtraction
@@ -97,12 +100,15 @@ def load_faceapi_expression_net(model_dir: str | Path) -> keras.Model:
     FACEAPI_LABELS. About 0.3M parameters (weights stored uint8-quantised).
     """
     w = read_tfjs_weights(Path(model_dir) / f"{MODEL_NAME}-weights_manifest.json")
-    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="rgb")
+    inputs = keras.Input((input_size, input_size, 3), name="rgb")
     # (x - mean) / sqrt(255**2): the same two float ops as normalize(x, meanRgb).div(255).
     x = layers.Normalization(mean=MEAN_RGB, variance=[255.0**2] * 3, name="normalize")(inputs)
     for i, filters in enumerate(_BLOCK_CHANNELS):
         x = _dense_block(x, w, f"dense{i}", filters, first=i == 0)
-    x = layers.AveragePooling2D(7, strides=2, padding="valid", name="pool")(x)  # 7x7 -> 1x1, as the source
+    if input_size == INPUT_SIZE:
+        x = layers.AveragePooling2D(7, strides=2, padding="valid", name="pool")(x)  # 7x7 -> 1x1, as the source
+    else:
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
     fc = layers.Dense(len(FACEAPI_LABELS), name="fc")
     logits = fc(x)
@@ -113,11 +119,12 @@ def load_faceapi_expression_net(model_dir: str | Path) -> keras.Model:
     return keras.Model(inputs, outputs, name="faceapi_expression_net")
 
 
-def faceapi_classifier(model_dir: str | Path, classes: tuple[str, ...], name: str = "faceapi_classifier"):
+def faceapi_classifier(model_dir: str | Path, classes: tuple[str, ...], name: str = "faceapi_classifier",
+                       input_size: int = INPUT_SIZE):
     """face-api's net as a trainable classifier over `classes` (moodlens names, any subset of its 7): the same
     weights, its fc columns picked and ordered for `classes`, logits out (no softmax), named "logits" as
-    moodlens's own nets are. Input: (N, 112, 112, 3) float32 RGB 0..255, as load_faceapi_expression_net."""
-    net = load_faceapi_expression_net(model_dir)
+    moodlens's own nets are. Input: (N, S, S, 3) float32 RGB 0..255, S = `input_size` (load_faceapi_expression_net)."""
+    net = load_faceapi_expression_net(model_dir, input_size)
     by_name = {ours: i for i, ours in enumerate(FACEAPI_CLASSES.values())}
     missing = [c for c in classes if c not in by_name]
     if missing:

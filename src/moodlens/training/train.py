@@ -55,9 +55,11 @@ class TrainConfig:
     # from its published weights in `faceapi_dir`, on FER faces upscaled to 112 and copied to RGB
     arch: str = "moodlens"
     faceapi_dir: str | None = None
-    # faceapi: weight of the untouched net's own output (on the same augmented view) mixed into each target,
+    # weight of a teacher's output on the same augmented view mixed into each target: the `teacher` model file's
+    # (knowledge distillation, Hinton et al. 2015), or with --arch faceapi and no teacher the untouched net's own,
     # so fine-tuning keeps what it knew of real photos ("learning without forgetting", Li & Hoiem 2016)
     distill: float = 0.0
+    teacher: str | None = None  # a .tflite model file or a shipped model's name (e.g. photos)
     photos: str | None = None  # a labelled real-photo set (photos-dev labels.csv) probed every epoch, never trained on
     extra: dict = field(default_factory=dict)
 
@@ -111,8 +113,10 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
 
     from moodlens.training.augment import augment_batch
 
-    teacher = None
-    if cfg.arch == "faceapi" and cfg.distill:
+    teacher, file_teacher = None, None
+    if cfg.teacher and cfg.distill:
+        file_teacher = teacher_model(cfg.teacher, train.class_set.classes)
+    elif cfg.arch == "faceapi" and cfg.distill:
         from moodlens.training.faceapi import faceapi_classifier
 
         teacher = faceapi_classifier(cfg.faceapi_dir, train.class_set.classes, name="teacher")
@@ -135,6 +139,9 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
         x = tf.cast(tf.gather(images, idx), tf.float32)
         x = augment_batch(x, tf.stack([cfg.seed + 1, e * 100_000 + s]))
         t = tf.gather(targets, idx)
+        if file_teacher is not None:  # the teacher sees the view the student sees
+            taught = tf.numpy_function(file_teacher, [x], tf.float32, stateful=False)
+            t = (1 - cfg.distill) * t + cfg.distill * tf.ensure_shape(taught, t.shape)
         if cfg.arch == "faceapi":
             from moodlens.training.faceapi import to_faceapi_input
 
@@ -148,6 +155,25 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
 
     ds = tf.data.Dataset.range(start_epoch, cfg.epochs).flat_map(epoch)
     return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def teacher_model(model: str, classes: tuple[str, ...]):
+    """A LiteRT model file (or a shipped model's name) as a distillation teacher: a function from a batch of
+    48x48 grey faces (N, 48, 48, 1) float 0..255 to its probabilities over `classes` (N, C) float32, renormalised
+    where it has more classes. A teacher with other inputs (the photos model's 112 RGB crop) gets them made from
+    the 48x48 face, as FER faces always reach it (classify.crops_from_fer)."""
+    from moodlens.engine.classify import ExpressionClassifier, model_file
+
+    net = ExpressionClassifier(model_file(model))
+    missing = sorted(set(classes) - set(net.classes))
+    if missing:
+        raise ValueError(f"{model} predicts {list(net.classes)}: it cannot teach {missing}")
+    cols = [net.classes.index(c) for c in classes]
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        p = net.predict(x[..., 0])[:, cols].astype(np.float32)
+        return p / p.sum(axis=1, keepdims=True)
+    return predict
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
