@@ -210,6 +210,31 @@ def test_a_face_too_small_in_the_reduced_image_is_cropped_from_the_full_one(anal
         assert max(abs(got.scores[c] - want.scores[c]) for c in got.scores) < 0.05
 
 
+def test_the_photos_models_112_crop_comes_from_the_reduced_image_where_its_48_crop_does(astronaut_rgb):
+    """The face-api crop (112 RGB) is cut from the reduced decode whenever the 48x48 one is (a face of at least
+    96 px there), not from a second, full-size decode; a face too small there still gets both from the full one."""
+    import cv2
+
+    from moodlens.engine.align import align_crop
+    from moodlens.engine.classify import CropSpec
+    from moodlens.engine.decode import decode_picture
+
+    photos = Analyzer(classes="4", model_path="photos")
+    rgb = CropSpec(112, grey=False)
+    assert rgb in photos.classifier.inputs
+    portrait = cv2.resize(astronaut_rgb[0:300, 100:400], (1280, 1280))  # a 132-px crop at the 1/4 decode
+    small = np.full((2400, 3200, 3), 180, np.uint8)
+    small[1200:1340, 1600:1740] = astronaut_rgb[60:200, 160:300]  # 17 px at the 1/8 decode
+    for image, from_reduced in ((portrait, True), (small, False)):
+        picture = decode_picture(encode(image, "JPEG", quality=92), work_side=320)
+        assert picture.scale < 1
+        d = max(photos.detector.detect(picture.rgb, picture.full), key=lambda f: f.box[2] * f.box[3])
+        assert (96 <= max(d.box[2:]) * 1.2 < 2 * 112) == from_reduced  # big enough for 48, not twice 112
+        expected = align_crop(picture.rgb, d, 112, grey=False) if from_reduced else \
+            align_crop(picture.full(), d.scaled(1 / picture.scale), 112, grey=False)
+        np.testing.assert_array_equal(Analyzer._crop(picture, d, rgb), expected)
+
+
 def test_python_api_takes_every_kind_of_input_and_reads_well(analyzer, astronaut_rgb, tmp_path):
     data = encode(astronaut_rgb)
     (tmp_path / "a.jpg").write_bytes(data)
