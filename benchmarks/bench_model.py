@@ -1,21 +1,26 @@
 """Classifier speed in the serving runtime (LiteRT, one thread): ms per face at batch 1 and batch 32.
 
-    python benchmarks/bench_model.py
+    python benchmarks/bench_model.py                      # the shipped files
+    python benchmarks/bench_model.py /tmp/int8/*.tflite   # and other exports, measured in the same run
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from reference import REFERENCE_MODEL, machine
 
-from moodlens.engine.classify import ExpressionClassifier, ms_per_face, shipped_model_path
+from moodlens.engine.classify import ExpressionClassifier, model_file, ms_per_face, shipped_model_path
 
 
-def main() -> None:
+def main(extra: list[str]) -> None:
     print(f"machine: {machine()}; LiteRT, 1 thread")
     print(f"{'model':<34}{'MB':>6}{'batch 1 ms/face':>18}{'batch 32 ms/face':>18}{'batch 1 vs reference':>22}")
     ref = ms_per_face(ExpressionClassifier(REFERENCE_MODEL, num_threads=1), 1, repeats=300)
     rows = [("reference/expression-4.tflite", REFERENCE_MODEL)]
-    rows += [(shipped_model_path(c).name, shipped_model_path(c)) for c in ("4", "7")]
+    rows += [(p.name, p) for p in (shipped_model_path("4"), shipped_model_path("7"), model_file("photos"))]
+    rows += [(str(Path(p))[-34:], Path(p)) for p in extra]
     for name, path in rows:
         clf = ExpressionClassifier(path, num_threads=1)
         one = ms_per_face(clf, 1, repeats=300)
@@ -24,4 +29,4 @@ def main() -> None:
     print("(budget for a new shipped classifier: <= 1.6x the reference at batch 1, file <= 3 MB)")
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

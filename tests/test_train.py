@@ -51,7 +51,7 @@ def test_resume_continues_exactly(tmp_path):
     assert len((interrupted / "history.csv").read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize(("quantize", "tolerance"), [("none", 1e-5), ("dynamic", 0.05)])
+@pytest.mark.parametrize(("quantize", "tolerance"), [("none", 1e-5), ("dynamic", 0.05), ("int8", 0.1)])
 def test_export_round_trip_matches_keras(tmp_path, quantize, tolerance):
     from moodlens.training.export import columns_for, export_tflite
     from moodlens.training.labels import FOUR, SEVEN
@@ -61,7 +61,8 @@ def test_export_round_trip_matches_keras(tmp_path, quantize, tolerance):
     faces = np.random.default_rng(0).integers(0, 256, (20, 48, 48, 1)).astype(np.float32)
     for target in (SEVEN, FOUR):
         cols = columns_for(SEVEN, target)
-        path = export_tflite(model, tmp_path / f"m{target.name}.tflite", cols, temperature=1.7, quantize=quantize)
+        path = export_tflite(model, tmp_path / f"m{target.name}.tflite", cols, temperature=1.7, quantize=quantize,
+                             calibration_faces=faces[:, :, :, 0] if quantize == "int8" else None)
         got = ExpressionClassifier(path, num_threads=1).predict(faces)
         logits = model.predict(faces, verbose=0)[:, cols] / 1.7
         ref = np.exp(logits - logits.max(1, keepdims=True))

@@ -52,7 +52,8 @@ def init_source(path: str) -> str:
     if path.endswith(".tflite") and card.exists():
         before = json.loads(card.read_text()).get("training", {}).get("description", "")
         before = before[:1].lower() + before[1:].rstrip(".")
-        return f"the shipped {Path(path).name} (its int8 weights recovered into Keras; that model was {before})"
+        return (f"the {Path(path).name} shipped before it (its int8 weights recovered into Keras; that model was "
+                f"{before})")
     return f"{Path(path).name} (a run with its own config.json beside it)"
 
 
