@@ -261,6 +261,10 @@ def test_model_page(server, browser, name, viewport):
     assert "71.2%" in page.inner_text("#accuracy")  # accuracy as a percentage, the split named
     assert "PublicTest split" in page.inner_text("#accuracy")
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    if name == "desktop":  # every cell of a row spans the row (the face-count cell once took the faces list's grid)
+        spans = page.evaluate("""() => Array.from(document.querySelectorAll('table.accuracy tbody tr')).map(tr =>
+            Array.from(tr.cells).map(c => { const r = c.getBoundingClientRect(); return [r.top, r.bottom]; }))""")
+        assert spans and all(len({tuple(round(v) for v in cell) for cell in row}) == 1 for row in spans), spans
     page.screenshot(path=str(SHOTS / f"moodlens-model-{name}.png"), full_page=True)
     assert errors == []
     page.context.close()
