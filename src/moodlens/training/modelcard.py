@@ -54,7 +54,7 @@ def init_source(path: str) -> str:
         before = before[:1].lower() + before[1:].rstrip(".")
         return (f"the {Path(path).name} shipped before it (its int8 weights recovered into Keras; that model was "
                 f"{before})")
-    return f"{Path(path).name} (a run with its own config.json beside it)"
+    return f"{Path(path).parent.name}/{Path(path).name} (a run with its own config.json beside it)"
 
 
 def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], out: Path, quantize: str,
