@@ -20,7 +20,7 @@ def main(extra: list[str]) -> None:
     ref = ms_per_face(ExpressionClassifier(REFERENCE_MODEL, num_threads=1), 1, repeats=300)
     rows = [("reference/expression-4.tflite", REFERENCE_MODEL)]
     rows += [(p.name, p) for p in (shipped_model_path("4"), shipped_model_path("7"), model_file("photos"))]
-    rows += [(str(Path(p))[-34:], Path(p)) for p in extra]
+    rows += [(f"{Path(p).parent.name}/{Path(p).name}", Path(p)) for p in extra]  # int8/expression-7.tflite
     for name, path in rows:
         clf = ExpressionClassifier(path, num_threads=1)
         one = ms_per_face(clf, 1, repeats=300)
