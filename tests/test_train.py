@@ -92,6 +92,42 @@ def test_init_from_a_seven_class_run_starts_a_four_class_run_where_it_left_off(t
     assert keras.models.load_model(run / "best.keras").output_shape[-1] == 4
 
 
+def test_a_run_grown_deeper_starts_as_its_checkpoint_and_its_export_is_recovered_at_that_depth(tmp_path):
+    from moodlens.training.export import export_tflite
+    from moodlens.training.labels import SEVEN
+    from moodlens.training.recover import classifier_from_tflite
+    from moodlens.training.train import init_from_checkpoint, stage_depth
+
+    seven = train(small_config(tmp_path, "seven"), verbose=0) / "best.keras"
+    faces = synthetic_faces(np.arange(64) % 7)
+    x = faces[..., None].astype(np.float32)
+    grown = init_from_checkpoint(str(seven), SEVEN.classes, dropout=0.0, stage_dropout=0.0, faces=faces,
+                                 depth=(2, 3, 2, 3))
+    assert stage_depth(grown) == (2, 3, 2, 3)
+    old = keras.models.load_model(seven).predict(x, verbose=0)
+    assert np.allclose(grown.predict(x, verbose=0), old, atol=1e-4)
+    with pytest.raises(ValueError, match="not remove"):
+        init_from_checkpoint(str(seven), SEVEN.classes, faces=faces, depth=(1, 2, 2, 2))
+    path = export_tflite(grown, tmp_path / "grown.tflite", list(range(7)))
+    path.with_suffix(".json").write_text(json.dumps(
+        {"architecture": {"trained_classes": list(SEVEN.classes), "output_columns": list(range(7))}}))
+    recovered = classifier_from_tflite(path)
+    assert stage_depth(recovered) == (2, 3, 2, 3)
+    assert np.allclose(recovered.predict(x, verbose=0), old, atol=1e-3)
+    run = train(small_config(tmp_path, "deeper", init_from=str(seven), depth=(2, 2, 3, 3)), verbose=0)
+    assert stage_depth(keras.models.load_model(run / "best.keras")) == (2, 2, 3, 3)
+
+    from click.testing import CliRunner
+
+    from moodlens.cli import main
+
+    fer, _ = make_fer_pair(tmp_path)
+    for bad in ("2,3,3", "2,x,3,3", "0,2,2,2"):
+        result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "cli"), "--fer2013", str(fer),
+                                           "--depth", bad])
+        assert result.exit_code == 2 and "four positive counts" in result.output, bad
+
+
 def test_trains_from_parquet_face_shards(tmp_path):
     """`moodlens train --shards` reads what `moodlens spark-prepare` writes."""
     pa = pytest.importorskip("pyarrow")
@@ -279,6 +315,12 @@ def test_a_two_head_run_starts_from_a_shipped_model_with_both_heads_giving_its_s
     assert not kernel[:, contempt].any() and bias[contempt] == bias.min()
     with pytest.raises(ValueError, match="--width 32"):
         init_from_checkpoint(str(SHIPPED_SEVEN), HEADS, width=36, faces=faces)
+    # grown deeper, its new batch norms set from the same faces: the same scores with batch statistics too
+    deeper = init_from_checkpoint(str(SHIPPED_SEVEN), SEVEN.classes, dropout=0.0, stage_dropout=0.0, faces=faces,
+                                  depth=(2, 3, 3, 3))
+    x = faces[..., None].astype(np.float32)
+    assert np.allclose(deeper.predict(x, verbose=0), recovered, atol=1e-4)
+    assert np.allclose(np.asarray(deeper(x, training=True)), recovered, atol=5e-2)
     cfg = heads_config(tmp_path, "from-shipped")
     cfg.width, cfg.init_from = 32, str(SHIPPED_SEVEN)
     run = train(cfg, verbose=0)

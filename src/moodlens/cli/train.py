@@ -38,6 +38,8 @@ from moodlens.training.data import TARGETS
 @click.option("--warmup-epochs", type=int, default=2, show_default=True)
 @click.option("--class-weight", type=click.Choice(["none", "sqrt", "balanced"]), default="none", show_default=True)
 @click.option("--width", type=int, default=32, show_default=True, help="Channels of the first stage.")
+@click.option("--depth", help="Convolutions per stage, e.g. 2,3,3,3 (default 2,2,2,2). Deeper than --init-from: "
+                               "the new convolutions start as the identity.")
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option("--limit", type=int, help="Train on the first N rows only (smoke tests).")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
@@ -58,7 +60,7 @@ from moodlens.training.data import TARGETS
 @click.option("--stop-after", type=int, help="Stop after this many epochs in this call (resume later).")
 def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, optimizer, lr,
                   weight_decay, ema, dropout, stage_dropout, label_smoothing, warmup_epochs, class_weight, width,
-                  seed, limit, init_from, arch, faceapi_dir, distill, teacher, photos, resume,
+                  depth, seed, limit, init_from, arch, faceapi_dir, distill, teacher, photos, resume,
                   stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
     from moodlens.training.train import TrainConfig, train
@@ -69,13 +71,19 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
         raise click.UsageError("--arch faceapi needs --faceapi-dir (face-api's model/ folder)")
     if teacher and not distill:
         raise click.UsageError("--teacher needs --distill W: the weight of its output in every target")
+    try:
+        stages = tuple(int(d) for d in depth.split(",")) if depth else None
+    except ValueError:
+        stages = ()
+    if stages is not None and (len(stages) != 4 or min(stages) < 1):
+        raise click.UsageError(f"--depth takes four positive counts, e.g. 2,3,3,3, not {depth!r}")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
                       lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
                       weight_decay=weight_decay or (5e-4 if optimizer == "sgd" else 1e-4), ema=ema,
                       dropout=dropout, stage_dropout=stage_dropout, label_smoothing=label_smoothing,
                       warmup_epochs=warmup_epochs, class_weight=class_weight,
-                      width=width, seed=seed, limit=limit, init_from=init_from, arch=arch,
+                      width=width, depth=stages, seed=seed, limit=limit, init_from=init_from, arch=arch,
                       faceapi_dir=faceapi_dir, distill=distill,
                       teacher=teacher, photos=photos)
     try:

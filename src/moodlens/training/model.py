@@ -7,10 +7,12 @@ from keras import layers
 
 from moodlens.training.data import FACE_SIZE
 
+DEPTH = (2, 2, 2, 2)  # convolutions per stage of the shipped nets
 
-def conv_block(x, filters: int, dropout: float, name: str):
-    """Two 3x3 conv + BN + ReLU, then 2x2 max-pool and dropout (a VGG stage)."""
-    for i in (1, 2):
+
+def conv_block(x, filters: int, dropout: float, name: str, convs: int = 2):
+    """`convs` 3x3 conv + BN + ReLU, then 2x2 max-pool and dropout (a VGG stage)."""
+    for i in range(1, convs + 1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
@@ -19,19 +21,20 @@ def conv_block(x, filters: int, dropout: float, name: str):
 
 
 def build_classifier(n_classes: int | dict[str, int], width: int = 32, dropout: float = 0.4,
-                     stage_dropout: float = 0.1) -> keras.Model:
+                     stage_dropout: float = 0.1, depth: tuple[int, ...] = DEPTH) -> keras.Model:
     """A four-stage VGG-style CNN over 48x48 grayscale faces; about 1.2M parameters (117 M multiply-adds) at
     width 32, about 2.25x both at width 48.
 
     Input: (N, 48, 48, 1) float32 grayscale values 0..255 (scaling is inside the model, so every runtime
     feeds raw pixels). Output: (N, n_classes) logits from the layer "logits"; or, with `n_classes` a dict
     {head: classes}, one logits output per head (layer "<head>_logits") on the shared trunk. Stage k drops
-    `stage_dropout * k` of its activations, the head `dropout`.
+    `stage_dropout * k` of its activations, the head `dropout`. `depth`: convolutions per stage (a third one in
+    the last two stages, (2, 2, 3, 3), costs about 1.4x the multiply-adds).
     """
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
-    for stage, mult in enumerate((1, 2, 4, 8), start=1):
-        x = conv_block(x, width * mult, dropout=stage_dropout * stage, name=f"stage{stage}")
+    for stage, (mult, convs) in enumerate(zip((1, 2, 4, 8), depth, strict=True), start=1):
+        x = conv_block(x, width * mult, dropout=stage_dropout * stage, name=f"stage{stage}", convs=convs)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="head_drop")(x)
     if isinstance(n_classes, dict):

@@ -22,8 +22,12 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
     else:
         what = (f"{run_cfg.get('classes', trained_name)} classes, targets '{run_cfg.get('targets', '?')}', label "
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")
+    depth = ""
+    if run_cfg.get("depth"):
+        depth = f", {'/'.join(map(str, run_cfg['depth']))} convolutions per stage" + (
+            " (the convolutions the starting net lacks begin as the identity)" if run_cfg.get("init_from") else "")
     recipe = (f"{what}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
-              f"width {run_cfg.get('width', 32)}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
+              f"width {run_cfg.get('width', 32)}{depth}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
               "accuracy).")
     if run_cfg.get("arch") == "faceapi":
         distill = "" if not run_cfg.get("distill") else (
@@ -90,7 +94,9 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
                              f"face-api.js FaceExpressionNet ({'published' if c.get('published') else 'fine-tuned'})"
                              if c["input"] == [112, 112, 3]
                              else "4-stage VGG-style CNN" for c in components) if components
-                         else "4-stage VGG-style CNN with batch norm, global average pooling",
+                         else "4-stage VGG-style CNN with batch norm, global average pooling" + (
+                             f", {'/'.join(map(str, run_cfg['depth']))} convolutions per stage"
+                             if run_cfg.get("depth") else ""),
                          "components": components or [],
                          "parameters": parameters, "head": head, "head_choice": head_choice,
                          "trained_classes": list(trained.classes),

@@ -62,11 +62,14 @@ def classifier_from_tflite(path: str | Path, faces: np.ndarray | None = None):
     if arch["output_columns"] != list(range(len(arch["trained_classes"]))):
         raise ValueError(f"{path} is a column-restricted export: start from the full-width file instead")
     convs, (kernel, bias) = read_tflite_layers(path)
-    model = build_classifier(len(arch["trained_classes"]), width=convs[0][0].shape[-1], dropout=0.0,
-                             stage_dropout=0.0)
+    width = convs[0][0].shape[-1]
+    # convolutions per stage, from their widths (width, 2x, 4x, 8x)
+    depth = tuple(sum(w.shape[-1] == width * m for w, _ in convs) for m in (1, 2, 4, 8))
+    model = build_classifier(len(arch["trained_classes"]), width=width, dropout=0.0, stage_dropout=0.0,
+                             depth=depth)
     conv_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     if [c.kernel.shape for c in conv_layers] != [w.shape for w, _ in convs]:
-        raise ValueError(f"{path}: its convolutions do not match build_classifier at width {convs[0][0].shape[-1]}")
+        raise ValueError(f"{path}: its convolutions do not match build_classifier at width {width}")
     norms = [model.get_layer(c.name.replace("_conv", "_bn")) for c in conv_layers]
     for conv, norm, (w, b) in zip(conv_layers, norms, convs, strict=True):
         conv.set_weights([w])

@@ -44,6 +44,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight: str = "none"  # none | sqrt | balanced
     width: int = 32
+    depth: tuple[int, ...] | None = None  # convolutions per stage (None: model.DEPTH); deeper than --init-from: grown
     dropout: float = 0.4  # before the logits
     stage_dropout: float = 0.1  # stage k drops k times this
     optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum 0.9)
@@ -207,8 +208,13 @@ def load_source(path: str, faces: np.ndarray | None = None):
 
 
 def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[str, ...]], dropout: float = 0.4,
-                         stage_dropout: float = 0.1, width: int | None = None, faces: np.ndarray | None = None):
+                         stage_dropout: float = 0.1, width: int | None = None, faces: np.ndarray | None = None,
+                         depth: tuple[int, ...] | None = None):
     """A fresh network over `classes` (or {head: classes}) whose trunk and logits are the checkpoint's.
+
+    With `depth` deeper than the checkpoint's in some stage, the stage's extra convolutions start as the
+    identity (Net2DeeperNet, Chen et al. 2016): a centre-tap kernel after a ReLU, its batch norm set from `faces`
+    to give back its input in training mode too, so the grown net starts out computing the checkpoint's function.
 
     Each logits column is copied from the checkpoint's column of the same class (the head of the same name if
     the checkpoint has one), so the new model starts out giving exactly the old model's restricted output. A
@@ -229,11 +235,30 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
         if missing:
             raise ValueError(f"{path} predicts {list(next(iter(source_heads.values())))}: it cannot start a run "
                              f"over {sorted(missing)}")
+    source_depth = stage_depth(source)
+    depth = tuple(depth or source_depth)
+    if any(d < s for d, s in zip(depth, source_depth, strict=True)):
+        raise ValueError(f"{path} has depth {source_depth}: a run from it can add convolutions, not remove them")
     model = build_classifier({h: len(c) for h, c in heads.items()} if heads else len(classes), width=source_width,
-                             dropout=dropout, stage_dropout=stage_dropout)
+                             dropout=dropout, stage_dropout=stage_dropout, depth=depth)
+    source_names = {layer.name for layer in source.layers}
+    grown = []
     for layer in model.layers:
-        if layer.weights and layer.name not in targets:
+        if not layer.weights or layer.name in targets:
+            continue
+        if layer.name in source_names:
             layer.set_weights(source.get_layer(layer.name).get_weights())
+        elif "_conv" in layer.name:
+            grown.append(layer)
+            kernel = np.zeros(layer.kernel.shape, np.float32)
+            kernel[1, 1] = np.eye(layer.filters, dtype=np.float32)
+            layer.set_weights([kernel])
+    if grown:
+        from moodlens.training.recover import set_norm_statistics
+
+        if faces is None:
+            raise ValueError("growing a network needs faces to set its new batch norms from")
+        set_norm_statistics(model, grown, [model.get_layer(c.name.replace("_conv", "_bn")) for c in grown], faces)
     for name, head_classes in targets.items():
         from_name = name if name in source_heads else next(iter(source_heads))
         kernel, bias = source.get_layer(from_name).get_weights()
@@ -245,6 +270,11 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
                 new_kernel[:, j], new_bias[j] = kernel[:, i], bias[i]
         model.get_layer(name).set_weights([new_kernel, new_bias])
     return model
+
+
+def stage_depth(model) -> tuple[int, ...]:
+    """Convolutions per stage of a `build_classifier` network."""
+    return tuple(sum(layer.name.startswith(f"stage{k}_conv") for layer in model.layers) for k in (1, 2, 3, 4))
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
@@ -262,7 +292,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch: int):
     import keras
 
-    from moodlens.training.model import build_classifier
+    from moodlens.training.model import DEPTH, build_classifier
 
     keras.utils.set_random_seed(cfg.seed)
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
@@ -276,10 +306,11 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
         model = faceapi_classifier(cfg.faceapi_dir, classes)
     elif cfg.init_from:  # a few thousand training faces set the batch norms of a recovered .tflite network
         model = init_from_checkpoint(cfg.init_from, classes, cfg.dropout, cfg.stage_dropout, cfg.width,
-                                     faces=train_set.images[:4096])
+                                     faces=train_set.images[:4096], depth=cfg.depth)
     else:
         model = build_classifier({h: len(c) for h, c in HEADS.items()} if cfg.targets == "heads" else len(classes),
-                                 width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout)
+                                 width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout,
+                                 depth=tuple(cfg.depth or DEPTH))
     if cfg.targets == "heads":
         # the FER+ head learns the vote distribution itself: no smoothing on top of it
         loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
