@@ -95,8 +95,9 @@ def test_init_from_a_seven_class_run_starts_a_four_class_run_where_it_left_off(t
 def test_a_run_grown_deeper_starts_as_its_checkpoint_and_its_export_is_recovered_at_that_depth(tmp_path):
     from moodlens.training.export import export_tflite
     from moodlens.training.labels import SEVEN
+    from moodlens.training.model import stage_depth
     from moodlens.training.recover import classifier_from_tflite
-    from moodlens.training.train import init_from_checkpoint, stage_depth
+    from moodlens.training.train import init_from_checkpoint
 
     seven = train(small_config(tmp_path, "seven"), verbose=0) / "best.keras"
     faces = synthetic_faces(np.arange(64) % 7)
@@ -125,7 +126,7 @@ def test_a_run_grown_deeper_starts_as_its_checkpoint_and_its_export_is_recovered
     for bad in ("2,3,3", "2,x,3,3", "0,2,2,2"):
         result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "cli"), "--fer2013", str(fer),
                                            "--depth", bad])
-        assert result.exit_code == 2 and "four positive counts" in result.output, bad
+        assert result.exit_code == 2 and "--depth" in result.output and "four positive counts" in result.output, bad
 
 
 def test_trains_from_parquet_face_shards(tmp_path):

@@ -12,6 +12,19 @@ from moodlens.cli import ModelParam
 from moodlens.training.data import TARGETS
 
 
+def parse_depth(value: str | None) -> tuple[int, ...] | None:
+    """--depth "2,3,3,3" as (2, 3, 3, 3): one positive count of convolutions per stage."""
+    if value is None:
+        return None
+    try:
+        depth = tuple(int(d) for d in value.split(","))
+    except ValueError:
+        depth = ()
+    if len(depth) != 4 or min(depth) < 1:
+        raise click.BadParameter(f"takes four positive counts, e.g. 2,3,3,3, not {value!r}")
+    return depth
+
+
 @click.command("train")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False),
               help="Folder for checkpoints, config, history.csv and curves.png.")
@@ -38,8 +51,9 @@ from moodlens.training.data import TARGETS
 @click.option("--warmup-epochs", type=int, default=2, show_default=True)
 @click.option("--class-weight", type=click.Choice(["none", "sqrt", "balanced"]), default="none", show_default=True)
 @click.option("--width", type=int, default=32, show_default=True, help="Channels of the first stage.")
-@click.option("--depth", help="Convolutions per stage, e.g. 2,3,3,3 (default 2,2,2,2). Deeper than --init-from: "
-                               "the new convolutions start as the identity.")
+@click.option("--depth", callback=lambda ctx, param, value: parse_depth(value),
+              help="Convolutions per stage, e.g. 2,3,3,3 (default 2,2,2,2). Deeper than --init-from: the new "
+                   "convolutions start as the identity.")
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option("--limit", type=int, help="Train on the first N rows only (smoke tests).")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
@@ -71,19 +85,13 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
         raise click.UsageError("--arch faceapi needs --faceapi-dir (face-api's model/ folder)")
     if teacher and not distill:
         raise click.UsageError("--teacher needs --distill W: the weight of its output in every target")
-    try:
-        stages = tuple(int(d) for d in depth.split(",")) if depth else None
-    except ValueError:
-        stages = ()
-    if stages is not None and (len(stages) != 4 or min(stages) < 1):
-        raise click.UsageError(f"--depth takes four positive counts, e.g. 2,3,3,3, not {depth!r}")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
                       lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
                       weight_decay=weight_decay or (5e-4 if optimizer == "sgd" else 1e-4), ema=ema,
                       dropout=dropout, stage_dropout=stage_dropout, label_smoothing=label_smoothing,
                       warmup_epochs=warmup_epochs, class_weight=class_weight,
-                      width=width, depth=stages, seed=seed, limit=limit, init_from=init_from, arch=arch,
+                      width=width, depth=depth, seed=seed, limit=limit, init_from=init_from, arch=arch,
                       faceapi_dir=faceapi_dir, distill=distill,
                       teacher=teacher, photos=photos)
     try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
 from moodlens.training.data import FACE_SIZE
 
 DEPTH = (2, 2, 2, 2)  # convolutions per stage of the shipped nets
+STAGE_WIDTHS = (1, 2, 4, 8)  # each stage's channels, in multiples of `width`
 
 
 def conv_block(x, filters: int, dropout: float, name: str, convs: int = 2):
@@ -21,19 +24,19 @@ def conv_block(x, filters: int, dropout: float, name: str, convs: int = 2):
 
 
 def build_classifier(n_classes: int | dict[str, int], width: int = 32, dropout: float = 0.4,
-                     stage_dropout: float = 0.1, depth: tuple[int, ...] = DEPTH) -> keras.Model:
+                     stage_dropout: float = 0.1, depth: Sequence[int] | None = None) -> keras.Model:
     """A four-stage VGG-style CNN over 48x48 grayscale faces; about 1.2M parameters (117 M multiply-adds) at
     width 32, about 2.25x both at width 48.
 
     Input: (N, 48, 48, 1) float32 grayscale values 0..255 (scaling is inside the model, so every runtime
     feeds raw pixels). Output: (N, n_classes) logits from the layer "logits"; or, with `n_classes` a dict
     {head: classes}, one logits output per head (layer "<head>_logits") on the shared trunk. Stage k drops
-    `stage_dropout * k` of its activations, the head `dropout`. `depth`: convolutions per stage (a third one in
-    the last two stages, (2, 2, 3, 3), costs about 1.4x the multiply-adds).
+    `stage_dropout * k` of its activations, the head `dropout`. `depth`: convolutions per stage (default DEPTH;
+    a third one in the last two stages, (2, 2, 3, 3), costs about 1.4x the multiply-adds).
     """
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
-    for stage, (mult, convs) in enumerate(zip((1, 2, 4, 8), depth, strict=True), start=1):
+    for stage, (mult, convs) in enumerate(zip(STAGE_WIDTHS, depth or DEPTH, strict=True), start=1):
         x = conv_block(x, width * mult, dropout=stage_dropout * stage, name=f"stage{stage}", convs=convs)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="head_drop")(x)
@@ -42,3 +45,9 @@ def build_classifier(n_classes: int | dict[str, int], width: int = 32, dropout: 
     else:
         outputs = layers.Dense(n_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="moodlens_cnn")
+
+
+def stage_depth(model: keras.Model) -> tuple[int, ...]:
+    """Convolutions per stage of a `build_classifier` network."""
+    return tuple(sum(layer.name.startswith(f"stage{k}_conv") for layer in model.layers)
+                 for k in range(1, len(STAGE_WIDTHS) + 1))

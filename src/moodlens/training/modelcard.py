@@ -22,10 +22,8 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
     else:
         what = (f"{run_cfg.get('classes', trained_name)} classes, targets '{run_cfg.get('targets', '?')}', label "
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")
-    depth = ""
-    if run_cfg.get("depth"):
-        depth = f", {'/'.join(map(str, run_cfg['depth']))} convolutions per stage" + (
-            " (the convolutions the starting net lacks begin as the identity)" if run_cfg.get("init_from") else "")
+    depth = depth_words(run_cfg) + (" (the convolutions the starting net lacks begin as the identity)"
+                                    if run_cfg.get("depth") and run_cfg.get("init_from") else "")
     recipe = (f"{what}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
               f"width {run_cfg.get('width', 32)}{depth}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
               "accuracy).")
@@ -40,6 +38,12 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
         return f"Trained from scratch with `moodlens train` on the FER2013 Training split: {recipe}"
     return (f"Fine-tuned with `moodlens train` on the FER2013 Training split, starting from "
             f"{init_source(run_cfg['init_from'])}: {recipe}")
+
+
+def depth_words(run_cfg: dict) -> str:
+    """", 2/3/3/3 convolutions per stage" for a run that set --depth, else nothing."""
+    depth = run_cfg.get("depth")
+    return f", {'/'.join(map(str, depth))} convolutions per stage" if depth else ""
 
 
 FACEAPI_ORIGIN = (
@@ -94,9 +98,8 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
                              f"face-api.js FaceExpressionNet ({'published' if c.get('published') else 'fine-tuned'})"
                              if c["input"] == [112, 112, 3]
                              else "4-stage VGG-style CNN" for c in components) if components
-                         else "4-stage VGG-style CNN with batch norm, global average pooling" + (
-                             f", {'/'.join(map(str, run_cfg['depth']))} convolutions per stage"
-                             if run_cfg.get("depth") else ""),
+                         else "4-stage VGG-style CNN with batch norm, global average pooling"
+                         + depth_words(run_cfg),
                          "components": components or [],
                          "parameters": parameters, "head": head, "head_choice": head_choice,
                          "trained_classes": list(trained.classes),

@@ -54,7 +54,7 @@ def classifier_from_tflite(path: str | Path, faces: np.ndarray | None = None):
     """
     import keras
 
-    from moodlens.training.model import build_classifier
+    from moodlens.training.model import STAGE_WIDTHS, build_classifier
 
     path = Path(path)
     card = json.loads(path.with_suffix(".json").read_text())
@@ -63,8 +63,7 @@ def classifier_from_tflite(path: str | Path, faces: np.ndarray | None = None):
         raise ValueError(f"{path} is a column-restricted export: start from the full-width file instead")
     convs, (kernel, bias) = read_tflite_layers(path)
     width = convs[0][0].shape[-1]
-    # convolutions per stage, from their widths (width, 2x, 4x, 8x)
-    depth = tuple(sum(w.shape[-1] == width * m for w, _ in convs) for m in (1, 2, 4, 8))
+    depth = [sum(w.shape[-1] == width * m for w, _ in convs) for m in STAGE_WIDTHS]  # by their widths
     model = build_classifier(len(arch["trained_classes"]), width=width, dropout=0.0, stage_dropout=0.0,
                              depth=depth)
     conv_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -222,7 +222,7 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
     the checkpoint lacks (FER+'s contempt), which start at zero weight and the lowest bias.
     """
 
-    from moodlens.training.model import build_classifier
+    from moodlens.training.model import build_classifier, stage_depth
 
     source, source_heads = load_source(path, faces)
     source_width = source.get_layer("stage1_conv1").filters
@@ -236,7 +236,7 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
             raise ValueError(f"{path} predicts {list(next(iter(source_heads.values())))}: it cannot start a run "
                              f"over {sorted(missing)}")
     source_depth = stage_depth(source)
-    depth = tuple(depth or source_depth)
+    depth = tuple(depth or source_depth)  # config.json gives a list
     if any(d < s for d, s in zip(depth, source_depth, strict=True)):
         raise ValueError(f"{path} has depth {source_depth}: a run from it can add convolutions, not remove them")
     model = build_classifier({h: len(c) for h, c in heads.items()} if heads else len(classes), width=source_width,
@@ -272,11 +272,6 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
     return model
 
 
-def stage_depth(model) -> tuple[int, ...]:
-    """Convolutions per stage of a `build_classifier` network."""
-    return tuple(sum(layer.name.startswith(f"stage{k}_conv") for layer in model.layers) for k in (1, 2, 3, 4))
-
-
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     import keras
 
@@ -292,7 +287,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch: int):
     import keras
 
-    from moodlens.training.model import DEPTH, build_classifier
+    from moodlens.training.model import build_classifier
 
     keras.utils.set_random_seed(cfg.seed)
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
@@ -310,7 +305,7 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
     else:
         model = build_classifier({h: len(c) for h, c in HEADS.items()} if cfg.targets == "heads" else len(classes),
                                  width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout,
-                                 depth=tuple(cfg.depth or DEPTH))
+                                 depth=cfg.depth)
     if cfg.targets == "heads":
         # the FER+ head learns the vote distribution itself: no smoothing on top of it
         loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
