@@ -389,3 +389,15 @@ def test_a_shipped_model_teaches_the_student_on_the_view_the_student_sees(tmp_pa
     result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "cli"), "--fer2013", str(fer),
                                        "--teacher", "photos"])
     assert result.exit_code == 2 and "--teacher needs --distill" in result.output
+
+
+def test_a_distilled_model_card_names_its_teacher_and_what_the_teacher_measured():
+    from moodlens.engine.classify import model_file
+    from moodlens.training.modelcard import training_description
+
+    run_cfg = {"classes": "7", "targets": "fer2013", "epochs": 12, "distill": 0.7, "teacher": "photos"}
+    text = training_description(run_cfg, "7", "PublicTest")
+    card = json.loads(model_file("photos").with_suffix(".json").read_text())
+    assert "weight 0.7" in text and "models/expression-4-photos.tflite" in text
+    assert f"{card['metrics']['PublicTest_fer2013']['accuracy']:.1%} on PublicTest" in text
+    assert "teacher" not in training_description(run_cfg | {"distill": 0.0}, "7", "PublicTest")

@@ -24,6 +24,9 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")
     depth = depth_words(run_cfg) + (" (the convolutions the starting net lacks begin as the identity)"
                                     if run_cfg.get("depth") and run_cfg.get("init_from") else "")
+    if run_cfg.get("teacher") and run_cfg.get("distill"):
+        what += (f", each target mixed (weight {run_cfg['distill']}) with the output of a teacher on the same "
+                 f"augmented face (knowledge distillation): {teacher_words(run_cfg['teacher'])}")
     recipe = (f"{what}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
               f"width {run_cfg.get('width', 32)}{depth}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
               "accuracy).")
@@ -38,6 +41,21 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
         return f"Trained from scratch with `moodlens train` on the FER2013 Training split: {recipe}"
     return (f"Fine-tuned with `moodlens train` on the FER2013 Training split, starting from "
             f"{init_source(run_cfg['init_from'])}: {recipe}")
+
+
+def teacher_words(teacher: str) -> str:
+    """A distillation teacher in words: a model file (or shipped name) and what its card says of it."""
+    from moodlens.engine.classify import model_file
+
+    path = Path(model_file(teacher))
+    card = path.with_suffix(".json")
+    if not card.exists():
+        return f"{path.name} (no card beside it)"
+    info = json.loads(card.read_text())
+    flip = ", averaged over each face and its mirror image" if info.get("flip_tta") else ""
+    acc = info.get("metrics", {}).get("PublicTest_fer2013", {}).get("accuracy")
+    measured = f"; {acc:.1%} on PublicTest's FER2013 labels" if acc is not None else ""
+    return f"{path.parent.name}/{path.name} ({info['architecture']['name']}{flip}{measured})"
 
 
 def depth_words(run_cfg: dict) -> str:
