@@ -401,3 +401,8 @@ def test_a_distilled_model_card_names_its_teacher_and_what_the_teacher_measured(
     assert "weight 0.7" in text and "models/expression-4-photos.tflite" in text
     assert f"{card['metrics']['PublicTest_fer2013']['accuracy']:.1%} on PublicTest" in text
     assert "teacher" not in training_description(run_cfg | {"distill": 0.0}, "7", "PublicTest")
+    # --arch faceapi with a --teacher file learns from that file, as train.make_train_stream does
+    faceapi = training_description(run_cfg | {"arch": "faceapi"}, "7", "PublicTest")
+    assert "models/expression-4-photos.tflite" in faceapi and "original net's own" not in faceapi
+    assert "original net's own output" in training_description(
+        {"arch": "faceapi", "distill": 0.3, "epochs": 3}, "7", "PublicTest")

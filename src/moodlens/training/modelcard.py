@@ -24,18 +24,13 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")
     depth = depth_words(run_cfg) + (" (the convolutions the starting net lacks begin as the identity)"
                                     if run_cfg.get("depth") and run_cfg.get("init_from") else "")
-    if run_cfg.get("teacher") and run_cfg.get("distill"):
-        what += (f", each target mixed (weight {run_cfg['distill']}) with the output of a teacher on the same "
-                 f"augmented face (knowledge distillation): {teacher_words(run_cfg['teacher'])}")
-    recipe = (f"{what}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
+    taught = distill_words(run_cfg)
+    recipe = (f"{what}{taught}; {run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, "
               f"width {run_cfg.get('width', 32)}{depth}, {aug}. Checkpoint selected on {split} (7-class FER2013-label "
               "accuracy).")
     if run_cfg.get("arch") == "faceapi":
-        distill = "" if not run_cfg.get("distill") else (
-            f", each target mixed with the original net's own output on the same view (weight "
-            f"{run_cfg['distill']}) so that it keeps what it knew of real photos")
         return (f"{FACEAPI_ORIGIN} Fine-tuned with `moodlens train --arch faceapi` on the FER2013 Training split, "
-                f"faces upscaled from 48x48 grey to 112x112 and copied to RGB{distill}: {what}; "
+                f"faces upscaled from 48x48 grey to 112x112 and copied to RGB{taught}: {what}; "
                 f"{run_cfg.get('epochs', '?')} epochs, {optimizer} with warm-up and cosine decay{ema}, {aug}.")
     if not run_cfg.get("init_from"):
         return f"Trained from scratch with `moodlens train` on the FER2013 Training split: {recipe}"
@@ -43,11 +38,24 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
             f"{init_source(run_cfg['init_from'])}: {recipe}")
 
 
+def distill_words(run_cfg: dict) -> str:
+    """", each target mixed with ..." for a run with --distill, naming the teacher train.make_train_stream used:
+    the --teacher file, else (--arch faceapi) the original net; nothing for a run without one."""
+    weight = run_cfg.get("distill")
+    if weight and run_cfg.get("teacher"):
+        return (f", each target mixed (weight {weight}) with the output of a teacher on the same augmented face "
+                f"(knowledge distillation): {teacher_words(run_cfg['teacher'])}")
+    if weight and run_cfg.get("arch") == "faceapi":
+        return (f", each target mixed with the original net's own output on the same view (weight {weight}) so "
+                "that it keeps what it knew of real photos")
+    return ""
+
+
 def teacher_words(teacher: str) -> str:
     """A distillation teacher in words: a model file (or shipped name) and what its card says of it."""
     from moodlens.engine.classify import model_file
 
-    path = Path(model_file(teacher))
+    path = model_file(teacher)
     card = path.with_suffix(".json")
     if not card.exists():
         return f"{path.name} (no card beside it)"
