@@ -178,6 +178,31 @@ def test_two_heads_train_on_one_trunk_and_are_probed_through_both(heads_run):
         assert col in header, col
 
 
+def test_norms_refreshed_for_the_weights_held_make_inference_read_as_batch_statistics_and_restore_exactly():
+    """The averaged (EMA) weights get batch norms of their own: after a refresh on one batch of faces, the
+    network in inference mode computes what it computes in training mode on that batch, dropout off."""
+    from moodlens.training.model import build_classifier
+    from moodlens.training.train import refresh_norm_statistics, restore_norm_statistics
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier(7, width=8, dropout=0.5, stage_dropout=0.2)
+    faces = synthetic_faces(np.arange(64) % 7)
+    x = faces[..., None].astype(np.float32)
+    before = [w.copy() for w in model.get_weights()]
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    rates = [d.rate for d in drops]
+    stale = model.predict(x, verbose=0)
+    saved = refresh_norm_statistics(model, faces, batch_size=len(faces))
+    assert [d.rate for d in drops] == rates and min(rates) > 0  # dropout back as it was
+    refreshed = model.predict(x, verbose=0)
+    for d in drops:
+        d.rate = 0.0
+    batch_statistics = keras.ops.convert_to_numpy(model(x, training=True))
+    assert np.abs(refreshed - batch_statistics).max() < 1e-3 < np.abs(stale - batch_statistics).max()
+    restore_norm_statistics(model, saved)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
 def test_two_head_resume_with_ema_continues_exactly(tmp_path):
     straight = train(heads_config(tmp_path, "straight", epochs=2), verbose=0)
     interrupted = train(heads_config(tmp_path, "interrupted", epochs=2), verbose=0, stop_after=1)

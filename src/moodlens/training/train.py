@@ -20,6 +20,8 @@ from moodlens.training.data import FaceDataset, load_fer, read_fer2013, read_fer
 from moodlens.training.export import keras_inputs
 from moodlens.training.labels import FER2013_CLASSES, FERPLUS_HEAD, FOUR, SEVEN, class_set
 
+# Training faces whose statistics set the batch norms of the averaged (EMA) weights every epoch.
+NORM_FACES = 4096
 # With targets="heads" the net has these two outputs on one trunk (see model.build_classifier).
 HEADS: dict[str, tuple[str, ...]] = {"fer2013": FER2013_CLASSES, "ferplus": FERPLUS_HEAD.classes}
 
@@ -327,6 +329,49 @@ def swap_ema_weights(model) -> None:
         avg.assign(current)
 
 
+def norm_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def refresh_norm_statistics(model, faces: np.ndarray, batch_size: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Re-estimate every batch norm's moving mean and variance for the weights the model holds now, as the mean of
+    per-batch statistics over `faces` (N, 48, 48) ("precise BN", Wu & Johnson 2021), dropout off as at inference.
+
+    Why: the optimizer's EMA averages the trainable weights only, so the averaged net would be normalised with
+    statistics gathered on the live weights, which at a high learning rate no longer fit it (a from-scratch run
+    read 29% of PublicTest so, against 44% with its own statistics). Returns the statistics it replaced, for
+    `restore_norm_statistics`."""
+    import keras
+
+    norms = norm_layers(model)
+    saved = [(n.moving_mean.numpy(), n.moving_variance.numpy()) for n in norms]
+    if not norms:
+        return saved
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    momenta, rates = [n.momentum for n in norms], [d.rate for d in drops]
+    for d in drops:
+        d.rate = 0.0
+    x = keras_inputs(model, faces)
+    for k, start in enumerate(range(0, len(faces), batch_size)):
+        for n in norms:  # moving = moving * k/(k+1) + batch/(k+1): the running mean of the k+1 batches so far
+            n.momentum = k / (k + 1)
+        model(x[start:start + batch_size], training=True)
+    for n, m in zip(norms, momenta, strict=True):
+        n.momentum = m
+    for d, r in zip(drops, rates, strict=True):
+        d.rate = r
+    return saved
+
+
+def restore_norm_statistics(model, saved: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Put back the moving statistics `refresh_norm_statistics` replaced (the live weights' own)."""
+    for n, (mean, var) in zip(norm_layers(model), saved, strict=True):
+        n.moving_mean.assign(mean)
+        n.moving_variance.assign(var)
+
+
 def probe_accuracy(model, probes: dict[str, tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> dict:
     """Accuracy on each FER probe, restricting the model's output to the probe's classes.
 
@@ -370,7 +415,7 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: float):
+def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: float, norm_faces: np.ndarray):
     import keras
 
     # select on FER2013-label accuracy where there are FER probes (7 classes if the run has them)
@@ -395,6 +440,7 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
                 raw = probe_accuracy(self.model, {"fer2013_7": probes["fer2013_7"]}, classes)
                 logs["val_fer2013_7_raw_acc"] = raw["val_fer2013_7_acc"]
             swap_ema_weights(self.model)  # probe and keep the averaged weights (no-op without EMA)
+            live_norms = refresh_norm_statistics(self.model, norm_faces) if cfg.ema else None
             logs.update(probe_accuracy(self.model, probes, classes))
             logs["lr"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
@@ -406,6 +452,8 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
             if cfg.extra.get("keep_epochs"):  # every epoch's (averaged) weights, to choose on more than one probe
                 self.model.save(run / f"epoch-{epoch + 1:03d}.keras")
             swap_ema_weights(self.model)
+            if live_norms:
+                restore_norm_statistics(self.model, live_norms)
             self.model.save(run / "last.tmp.keras")
             os.replace(run / "last.tmp.keras", run / "last.keras")
             (run / "state.json").write_text(json.dumps(
@@ -472,7 +520,8 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
                                                np.eye(len(val_set.class_set), dtype=np.float32)[val_set.y])
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     model.fit(stream, epochs=end, initial_epoch=start, steps_per_epoch=steps, validation_data=val,
-              callbacks=make_callbacks(cfg, run, probes, train_set.class_set.classes, best), verbose=verbose)
+              callbacks=make_callbacks(cfg, run, probes, train_set.class_set.classes, best,
+                                       norm_faces=train_set.images[:NORM_FACES]), verbose=verbose)
     return run
 
 
