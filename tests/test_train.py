@@ -431,3 +431,22 @@ def test_a_distilled_model_card_names_its_teacher_and_what_the_teacher_measured(
     assert "models/expression-4-photos.tflite" in faceapi and "original net's own" not in faceapi
     assert "original net's own output" in training_description(
         {"arch": "faceapi", "distill": 0.3, "epochs": 3}, "7", "PublicTest")
+
+
+def test_a_card_lists_each_training_stage_once_where_a_run_starts_from_a_shipped_file(tmp_path):
+    from moodlens.training.modelcard import stages_words, training_lines, training_stages
+
+    before = json.loads(SHIPPED_SEVEN.with_suffix(".json").read_text())["training"]["stages"]
+    run_cfg = {"classes": "7", "targets": "fer2013", "epochs": 3, "init_from": str(SHIPPED_SEVEN)}
+    stages = training_stages(run_cfg, "7", "PublicTest")
+    assert stages[:-1] == before and len(stages) == len(before) + 1
+    assert "shipped before it (the stage before;" in stages[-1] and "3 epochs" in stages[-1]
+    assert not any("that model was" in stage for stage in stages)  # told once each, not nested
+    assert stages_words(stages).startswith(f"In {len(stages)} stages") and "(2) Fine-tuned" in stages_words(stages)
+    assert training_lines({"stages": stages})[2:] == [f"{i}. {s}" for i, s in enumerate(stages, start=1)]
+    # a card written before stages were listed is one stage
+    (tmp_path / "old.tflite").write_bytes(b"")
+    (tmp_path / "old.json").write_text(json.dumps({"training": {"description": "Trained from scratch."}}))
+    assert training_stages(run_cfg | {"init_from": str(tmp_path / "old.tflite")}, "7", "PublicTest")[0] == \
+        "Trained from scratch."
+    assert training_stages({"epochs": 3}, "7", "PublicTest")[0].startswith("Trained from scratch")

@@ -38,6 +38,28 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
             f"{init_source(run_cfg['init_from'])}: {recipe}")
 
 
+def training_stages(run_cfg: dict, trained_name: str, split: str) -> list[str]:
+    """The training of a file, one entry per stage, oldest first: the stages on the card of the shipped file the
+    run started from (a card without a list counts as one stage), then this run's."""
+    init = run_cfg.get("init_from") or ""
+    before: list[str] = []
+    if init.endswith(".tflite") and Path(init).with_suffix(".json").exists():
+        training = json.loads(Path(init).with_suffix(".json").read_text()).get("training", {})
+        before = training.get("stages") or [training.get("description", "")]
+    return [*before, training_description(run_cfg, trained_name, split)]
+
+
+def stages_words(stages: list[str]) -> str:
+    """The stages as one description: the one stage, or 'In N stages, ...: (1) ... (2) ...'."""
+    if len(stages) == 1:
+        return stages[0]
+    return f"{stages_intro(stages)} " + " ".join(f"({i}) {stage}" for i, stage in enumerate(stages, start=1))
+
+
+def stages_intro(stages: list[str]) -> str:
+    return f"In {len(stages)} stages, each starting from the one before:"
+
+
 def distill_words(run_cfg: dict) -> str:
     """", each target mixed with ..." for a run with --distill, naming the teacher train.make_train_stream used:
     the --teacher file, else (--arch faceapi) the original net; nothing for a run without one."""
@@ -81,13 +103,9 @@ FACEAPI_ORIGIN = (
 
 
 def init_source(path: str) -> str:
-    """What a run started from: a shipped file (with what its card says of its own training) or a checkpoint."""
-    card = Path(path).with_suffix(".json")
-    if path.endswith(".tflite") and card.exists():
-        before = json.loads(card.read_text()).get("training", {}).get("description", "")
-        before = before[:1].lower() + before[1:].rstrip(".")
-        return (f"the {Path(path).name} shipped before it (its int8 weights recovered into Keras; that model was "
-                f"{before})")
+    """What a run started from: a shipped file (whose card's stages come before the run's) or a checkpoint."""
+    if path.endswith(".tflite") and Path(path).with_suffix(".json").exists():
+        return f"the {Path(path).name} shipped before it (the stage before; its int8 weights recovered into Keras)"
     return f"{Path(path).parent.name}/{Path(path).name} (a run with its own config.json beside it)"
 
 
@@ -97,7 +115,8 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
                inputs: list | None = None) -> dict:
     """The model card `moodlens export` writes, from what it measured. `components`: the nets of a fused file
     (export.fuse_component); `inputs`: its input crops as [size, size, channels]."""
-    description = training_description(run_cfg, trained.name, split)
+    stages = training_stages(run_cfg, trained.name, split)
+    description = stages[-1]
     if components:
         description = "A fusion (weighted geometric mean of the restricted probabilities, then calibration) of " \
             f"{len(components)} nets: " + " ".join(
@@ -111,6 +130,7 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
     if tuple(trained.classes) != tuple(classes.classes):
         description += (f" Its {len(trained)} outputs are restricted to {', '.join(classes.classes)} "
                         "(softmax over those logits).")
+    stages = [*stages[:-1], description]
     return {
         "name": f"moodlens {out.stem}",
         "summary": f"A {len(classes)}-class facial-expression classifier ({', '.join(classes.classes)}) for "
@@ -135,7 +155,7 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
         "metrics": metrics,
         "export_check": {"max_abs_diff_vs_keras": max_diff},
         "speed": speed,
-        "training": {"description": description, "config": run_cfg},
+        "training": {"description": stages_words(stages), "stages": stages, "config": run_cfg},
         "data_terms": DATA_TERMS,
         "intended_use": INTENDED_USE,
         "limitations": limitations(inputs),
@@ -205,6 +225,13 @@ def _calibration_line(cal: dict) -> str:
             f"ECE {cal.get('ece_before')} -> {cal.get('ece_after')}.")
 
 
+def training_lines(training: dict) -> list[str]:
+    stages = training.get("stages") or [training["description"]]
+    if len(stages) == 1:
+        return stages
+    return [stages_intro(stages), "", *[f"{i}. {stage}" for i, stage in enumerate(stages, start=1)]]
+
+
 def card_markdown(card: dict) -> str:
     """The card as readable Markdown."""
     cal = card.get("calibration", {})
@@ -234,7 +261,7 @@ def card_markdown(card: dict) -> str:
         *_metric_rows(card["metrics"]),
         "",
         "## Training",
-        card["training"]["description"],
+        *training_lines(card["training"]),
         "",
         "## Data and terms",
         *[f"- **{k}**: {v}" for k, v in card["data_terms"].items()],
