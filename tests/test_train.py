@@ -450,3 +450,17 @@ def test_a_card_lists_each_training_stage_once_where_a_run_starts_from_a_shipped
     assert training_stages(run_cfg | {"init_from": str(tmp_path / "old.tflite")}, "7", "PublicTest")[0] == \
         "Trained from scratch."
     assert training_stages({"epochs": 3}, "7", "PublicTest")[0].startswith("Trained from scratch")
+
+
+def test_history_rows_keep_their_columns_when_a_resumed_run_logs_other_metrics(tmp_path):
+    import pandas as pd
+
+    from moodlens.training.train import write_history_row
+
+    path = tmp_path / "history.csv"
+    write_history_row(path, 0, {"loss": 1.0, "val_a_acc": 0.5, "val_b_acc": 0.25})
+    write_history_row(path, 1, {"loss": 0.5, "val_b_acc": 0.75, "val_new_acc": 0.9})  # a lost and a new metric
+    h = pd.read_csv(path)
+    assert list(h.columns) == ["epoch", "loss", "val_a_acc", "val_b_acc"]
+    assert h["val_b_acc"].tolist() == [0.25, 0.75] and h["loss"].tolist() == [1.0, 0.5]
+    assert h["val_a_acc"].isna().tolist() == [False, True]

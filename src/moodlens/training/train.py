@@ -464,11 +464,14 @@ def make_callbacks(cfg: TrainConfig, run: Path, probes, classes, start_best: flo
 
 
 def write_history_row(path: Path, epoch: int, logs: dict) -> None:
-    """Append one epoch to history.csv (header from the first row)."""
+    """Append one epoch to history.csv. The header comes from the first row; later rows are written to its columns
+    (blank where a metric is missing, a new metric left out), so a run resumed under code that logs other metrics
+    keeps every value under its own name."""
     row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
     new = not path.exists()
+    fields = list(row) if new else path.read_text().splitlines()[0].split(",")
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)
