@@ -41,12 +41,16 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
 def training_stages(run_cfg: dict, trained_name: str, split: str) -> list[str]:
     """The training of a file, one entry per stage, oldest first: the stages on the card of the shipped file the
     run started from (a card without a list counts as one stage), then this run's."""
-    init = run_cfg.get("init_from") or ""
-    before: list[str] = []
-    if init.endswith(".tflite") and Path(init).with_suffix(".json").exists():
-        training = json.loads(Path(init).with_suffix(".json").read_text()).get("training", {})
-        before = training.get("stages") or [training.get("description", "")]
+    card = shipped_card(run_cfg.get("init_from") or "")
+    training = card.get("training", {}) if card else {}
+    before = training.get("stages") or ([training["description"]] if "description" in training else [])
     return [*before, training_description(run_cfg, trained_name, split)]
+
+
+def shipped_card(path: str) -> dict | None:
+    """The card beside a shipped-style .tflite file, or None for a checkpoint or a file without one."""
+    card = Path(path).with_suffix(".json") if path.endswith(".tflite") else None
+    return json.loads(card.read_text()) if card and card.exists() else None
 
 
 def stages_words(stages: list[str]) -> str:
@@ -104,7 +108,7 @@ FACEAPI_ORIGIN = (
 
 def init_source(path: str) -> str:
     """What a run started from: a shipped file (whose card's stages come before the run's) or a checkpoint."""
-    if path.endswith(".tflite") and Path(path).with_suffix(".json").exists():
+    if shipped_card(path) is not None:
         return f"the {Path(path).name} shipped before it (the stage before; its int8 weights recovered into Keras)"
     return f"{Path(path).parent.name}/{Path(path).name} (a run with its own config.json beside it)"
 
