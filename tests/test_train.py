@@ -416,6 +416,24 @@ def test_a_shipped_model_teaches_the_student_on_the_view_the_student_sees(tmp_pa
     assert result.exit_code == 2 and "--teacher needs --distill" in result.output
 
 
+def test_a_flip_teacher_gives_a_face_and_its_mirror_image_the_same_target():
+    """--teacher-flip: the teacher's output is the mean over the view and its mirror image, so it cannot tell the
+    two apart, and it differs from the one-view output it averages."""
+    from moodlens.training.labels import FER2013_CLASSES
+    from moodlens.training.modelcard import distill_words
+    from moodlens.training.train import teacher_model
+
+    faces = np.random.default_rng(0).uniform(0, 255, (8, 48, 48, 1)).astype(np.float32)
+    flip = teacher_model(str(SHIPPED_SEVEN), FER2013_CLASSES, flip=True)
+    one_view = teacher_model(str(SHIPPED_SEVEN), FER2013_CLASSES)
+    np.testing.assert_allclose(flip(faces), flip(faces[:, :, ::-1]), atol=1e-6)
+    np.testing.assert_allclose(flip(faces), (one_view(faces) + one_view(faces[:, :, ::-1])) / 2, atol=1e-6)
+    assert not np.allclose(flip(faces), one_view(faces), atol=1e-3)
+    run_cfg = {"distill": 0.7, "teacher": str(SHIPPED_SEVEN)}
+    assert "mirror image" in distill_words(run_cfg | {"teacher_flip": True}) and \
+        "mirror" not in distill_words(run_cfg)
+
+
 def test_a_distilled_model_card_names_its_teacher_and_what_the_teacher_measured():
     from moodlens.engine.classify import model_file
     from moodlens.training.modelcard import training_description

@@ -69,8 +69,9 @@ def distill_words(run_cfg: dict) -> str:
     the --teacher file, else (--arch faceapi) the original net; nothing for a run without one."""
     weight = run_cfg.get("distill")
     if weight and run_cfg.get("teacher"):
-        return (f", each target mixed (weight {weight}) with the output of a teacher on the same augmented face "
-                f"(knowledge distillation): {teacher_words(run_cfg['teacher'])}")
+        mirror = " and its mirror image (the two averaged)" if run_cfg.get("teacher_flip") else ""
+        return (f", each target mixed (weight {weight}) with the output of a teacher on the same augmented face"
+                f"{mirror} (knowledge distillation): {teacher_words(run_cfg['teacher'])}")
     if weight and run_cfg.get("arch") == "faceapi":
         return (f", each target mixed with the original net's own output on the same view (weight {weight}) so "
                 "that it keeps what it knew of real photos")

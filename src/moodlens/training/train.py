@@ -63,6 +63,7 @@ class TrainConfig:
     # so fine-tuning keeps what it knew of real photos ("learning without forgetting", Li & Hoiem 2016)
     distill: float = 0.0
     teacher: str | None = None  # a .tflite model file or a shipped model's name (e.g. photos)
+    teacher_flip: bool = False  # the teacher's output averaged over the view and its mirror image
     photos: str | None = None  # a labelled real-photo set (photos-dev labels.csv) probed every epoch, never trained on
     extra: dict = field(default_factory=dict)
 
@@ -118,7 +119,7 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
 
     teacher, file_teacher = None, None
     if cfg.teacher and cfg.distill:
-        file_teacher = teacher_model(cfg.teacher, train.class_set.classes)
+        file_teacher = teacher_model(cfg.teacher, train.class_set.classes, flip=cfg.teacher_flip)
     elif cfg.arch == "faceapi" and cfg.distill:
         from moodlens.training.faceapi import faceapi_classifier
 
@@ -160,11 +161,12 @@ def make_train_stream(train: FaceDataset, cfg: TrainConfig, start_epoch: int):
     return ds.prefetch(tf.data.AUTOTUNE), steps
 
 
-def teacher_model(model: str, classes: tuple[str, ...]):
+def teacher_model(model: str, classes: tuple[str, ...], flip: bool = False):
     """A LiteRT model file (or a shipped model's name) as a distillation teacher: a function from a batch of
     48x48 grey faces (N, 48, 48, 1) float 0..255 to its probabilities over `classes` (N, C) float32, renormalised
-    where it has more classes. A teacher with other inputs (the photos model's 112 RGB crop) gets them made from
-    the 48x48 face, as FER faces always reach it (classify.crops_from_fer)."""
+    where it has more classes; with `flip`, the mean of its probabilities on each face and its mirror image (a
+    steadier teacher for one more invoke). A teacher with other inputs (the photos model's 112 RGB crop) gets them
+    made from the 48x48 face, as FER faces always reach it (classify.crops_from_fer)."""
     from moodlens.engine.classify import ExpressionClassifier, model_file
 
     net = ExpressionClassifier(model_file(model))
@@ -175,6 +177,8 @@ def teacher_model(model: str, classes: tuple[str, ...]):
 
     def predict(x: np.ndarray) -> np.ndarray:
         p = net.predict(x[..., 0])[:, cols].astype(np.float32)
+        if flip:
+            p = (p + net.predict(x[:, :, ::-1, 0])[:, cols].astype(np.float32)) / 2
         return p / p.sum(axis=1, keepdims=True)
     return predict
 
