@@ -72,6 +72,69 @@ def test_export_round_trip_matches_keras(tmp_path, quantize, tolerance):
         assert np.allclose(got.sum(1), 1, atol=1e-5)
 
 
+def delegated_partitions(content: bytes) -> int:
+    """How many pieces LiteRT's default delegate (XNNPACK) took of a model: its DELEGATE nodes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content, num_threads=1)
+    it.allocate_tensors()
+    return sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
+
+
+def int8_depthwise_filters(content: bytes) -> int:
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    code = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    graph = model.subgraphs[0]
+    return sum(code[op.opcodeIndex] == schema.BuiltinOperator.DEPTHWISE_CONV_2D
+               and graph.tensors[op.inputs[1]].type == schema.TensorType.INT8 for op in graph.operators)
+
+
+def test_a_dynamic_range_export_keeps_depthwise_filters_in_float(tmp_path):
+    """XNNPACK runs no depthwise convolution with int8 filters and float activations: `export --quantize dynamic`
+    stores those filters as float32, so the delegate keeps the graph whole; the other weights stay int8."""
+    from moodlens.training.export import export_tflite
+
+    inp = keras.Input((48, 48, 1))
+    x = keras.layers.Conv2D(128, 3, strides=4, activation="relu")(inp)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)  # 1,152 filter weights: big enough to quantize
+    x = keras.layers.Conv2D(128, 1, activation="relu")(x)
+    logits = keras.layers.Dense(7)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, logits)
+    path = export_tflite(model, tmp_path / "m.tflite", list(range(7)), quantize="dynamic")
+    content = path.read_bytes()
+    assert int8_depthwise_filters(content) == 0
+    assert len(content) < 0.5 * model.count_params() * 4  # the convolutions and the dense layer are still int8
+    faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48, 1)).astype(np.float32)
+    ref = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(faces, verbose=0)))
+    assert float(np.abs(ExpressionClassifier(path, num_threads=1).predict(faces) - ref).max()) < 0.05
+
+
+def test_float_depthwise_filters_rejoin_the_photos_file_for_the_delegate_and_keep_its_scores(tmp_path):
+    """The shipped photos file (face-api.js's depthwise-separable net inside) has int8 depthwise filters; as float
+    its graph goes to XNNPACK in fewer pieces and scores faces as before within the int8 rounding. A file without
+    such filters comes back as it was."""
+    from moodlens.engine.classify import _shipped
+    from moodlens.training.export import float_depthwise_filters
+
+    shipped = _shipped("expression-4-photos").read_bytes()
+    floated = float_depthwise_filters(shipped)
+    assert int8_depthwise_filters(shipped) > 0 and int8_depthwise_filters(floated) == 0
+    assert delegated_partitions(floated) < delegated_partitions(shipped)
+    assert len(floated) < 1.05 * len(shipped)
+    rng = np.random.default_rng(0)
+    faces = [rng.integers(0, 256, (16, s, s, c)).astype(np.float32) for s, c in ((48, 1), (112, 3))]
+    scores = []
+    for i, content in enumerate((shipped, floated)):
+        (path := tmp_path / f"m{i}.tflite").write_bytes(content)
+        scores.append(ExpressionClassifier(path, num_threads=1).predict(faces))
+    assert float(np.abs(scores[0] - scores[1]).max()) < 0.02  # the hybrid kernels' int8 activations, gone
+    four = _shipped("expression-4").read_bytes()
+    assert float_depthwise_filters(four) is four
+
+
 def test_resume_can_change_the_run_length(tmp_path):
     run = train(small_config(tmp_path, "run", epochs=3), verbose=0, stop_after=1)
     train(TrainConfig(run_dir=str(run)), resume=True, verbose=0, epochs=2)
