@@ -51,28 +51,3 @@ def stage_depth(model: keras.Model) -> tuple[int, ...]:
     """Convolutions per stage of a `build_classifier` network."""
     return tuple(sum(layer.name.startswith(f"stage{k}_conv") for layer in model.layers)
                  for k in range(1, len(STAGE_WIDTHS) + 1))
-
-
-@keras.saving.register_keras_serializable(package="moodlens")
-class VoteCrossentropy(keras.losses.Loss):
-    """Cross-entropy of logits against FER+ vote distributions, label-smoothed; an all-zero row (a face FER+ gives
-    no target) costs nothing.
-
-    Why smoothed: most FER+ targets are one-hot (one emotion holds 75% of the votes), whose cross-entropy falls
-    for ever as the logits grow. Unsmoothed, the FER+ head of a two-head run from scratch grew its logits to
-    hundreds (std 863 on PublicTest after 8 epochs at 2e-3, against 1.6 for the smoothed FER2013 head) through
-    the shared trunk's last batch norms, and both heads' training loss rose from the third epoch on. Keras's own
-    smoothing would give the rows without a target a uniform one."""
-
-    def __init__(self, label_smoothing: float = 0.0, name: str = "vote_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = label_smoothing
-
-    def call(self, y_true, y_pred):
-        mass = keras.ops.sum(y_true, axis=-1, keepdims=True)  # 1 for a row with votes, 0 without
-        target = y_true * (1 - self.label_smoothing) + mass * self.label_smoothing / y_true.shape[-1]
-        return keras.losses.categorical_crossentropy(target, y_pred, from_logits=True)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
-

@@ -293,7 +293,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch: int):
     import keras
 
-    from moodlens.training.model import VoteCrossentropy, build_classifier
+    from moodlens.training.model import build_classifier
 
     keras.utils.set_random_seed(cfg.seed)
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
@@ -313,7 +313,8 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
                                  width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout,
                                  depth=cfg.depth)
     if cfg.targets == "heads":
-        loss = {"fer2013": smoothed, "ferplus": VoteCrossentropy(cfg.label_smoothing)}
+        # the FER+ head learns the vote distribution itself: no smoothing on top of it
+        loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
         metrics = {"fer2013": [accuracy]}
     else:
         loss, metrics = smoothed, [accuracy]
@@ -512,8 +513,6 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     train_set, val_set, probes = load_datasets(cfg)
     stream, steps = make_train_stream(train_set, cfg, start)
     if start > 0:
-        import moodlens.training.model  # noqa: F401  (registers the FER+ head's loss for loading)
-
         model = keras.models.load_model(run / "last.keras")
         if epochs is not None:
             model.optimizer.learning_rate = lr_schedule(cfg, steps)
