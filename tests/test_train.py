@@ -241,6 +241,24 @@ def test_two_heads_train_on_one_trunk_and_are_probed_through_both(heads_run):
         assert col in header, col
 
 
+def test_a_two_head_run_without_ferplus_weight_trains_exactly_as_a_one_head_run(tmp_path, heads_run):
+    """--ferplus-weight scales the FER+ head's loss: at 0 the trunk and the FER2013 head follow a one-head FER2013
+    run step for step (how the FER+ head's gradient was shown to be what made two-head runs from scratch diverge);
+    at the default 1 they do not."""
+    import csv
+    from dataclasses import replace
+
+    cfg, with_ferplus = heads_run
+    runs = {"w0": train(replace(heads_config(tmp_path, "w0"), ferplus_weight=0.0), verbose=0),
+            "one": train(replace(heads_config(tmp_path, "one"), targets="fer2013"), verbose=0)}
+    rows = {k: next(csv.DictReader((run / "history.csv").open())) for k, run in runs.items()}
+    first = next(csv.DictReader((with_ferplus / "history.csv").open()))
+    assert float(rows["w0"]["fer2013_loss"]) == pytest.approx(float(rows["one"]["loss"]), rel=1e-5)
+    assert float(rows["w0"]["loss"]) == pytest.approx(float(rows["w0"]["fer2013_loss"]), rel=1e-6)
+    assert cfg.ferplus_weight == 1 and float(first["fer2013_loss"]) != pytest.approx(float(rows["one"]["loss"]),
+                                                                                     rel=1e-5)
+
+
 def test_norms_refreshed_for_the_weights_held_make_inference_read_as_batch_statistics_and_restore_exactly():
     """The averaged (EMA) weights get batch norms of their own: after a refresh on one batch of faces, the
     network in inference mode computes what it computes in training mode on that batch, dropout off."""

@@ -65,6 +65,8 @@ class TrainConfig:
     teacher: str | None = None  # a .tflite model file or a shipped model's name (e.g. photos)
     teacher_flip: bool = False  # the teacher's output averaged over the view and its mirror image
     photos: str | None = None  # a labelled real-photo set (photos-dev labels.csv) probed every epoch, never trained on
+    # the FER+ head's loss weight in a two-head run (the FER2013 head's is 1); at 0 the run is a one-head run's
+    ferplus_weight: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -318,7 +320,8 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
         metrics = {"fer2013": [accuracy]}
     else:
         loss, metrics = smoothed, [accuracy]
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
+    weights = {"fer2013": 1.0, "ferplus": cfg.ferplus_weight} if cfg.targets == "heads" else None
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, loss_weights=weights, metrics=metrics)
     return model
 
 
