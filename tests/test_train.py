@@ -257,6 +257,11 @@ def test_a_two_head_run_without_ferplus_weight_trains_exactly_as_a_one_head_run(
     assert float(rows["w0"]["loss"]) == pytest.approx(float(rows["w0"]["fer2013_loss"]), rel=1e-6)
     assert cfg.ferplus_weight == 1 and float(first["fer2013_loss"]) != pytest.approx(float(rows["one"]["loss"]),
                                                                                      rel=1e-5)
+    from moodlens.training.modelcard import training_description
+
+    words = {w: training_description(json.loads((run / "config.json").read_text()), "7", "PublicTest")
+             for w, run in (("w0", runs["w0"]), ("w1", with_ferplus))}
+    assert "FER+ head's loss weighted 0.0" in words["w0"] and "weighted" not in words["w1"]
 
 
 def test_norms_refreshed_for_the_weights_held_make_inference_read_as_batch_statistics_and_restore_exactly():

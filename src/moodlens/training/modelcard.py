@@ -19,6 +19,8 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
                 f"smoothing {run_cfg.get('label_smoothing', '?')}) and a FER+ head (cross-entropy on the FER+ vote "
                 "distribution over its 8 emotions, as microsoft/FERPlus does; rows whose votes go to 'unknown' or "
                 "'not a face' have no FER+ target)")
+        if run_cfg.get("ferplus_weight", 1.0) != 1.0:
+            what += f", the FER+ head's loss weighted {run_cfg['ferplus_weight']}"
     else:
         what = (f"{run_cfg.get('classes', trained_name)} classes, targets '{run_cfg.get('targets', '?')}', label "
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")
