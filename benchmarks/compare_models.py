@@ -14,6 +14,7 @@ made of them, would read.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from moodlens.training.evaluate import Predictor, restrict, training_duplicates
 from moodlens.training.labels import class_set
 
 
-def probabilities(model: str, classes: str, faces: np.ndarray, flip: bool) -> np.ndarray:
-    """(N, C) probabilities of `model` ("path[:head]") over `classes`' classes, optionally flip-averaged."""
+def probabilities(model: str, classes: str) -> Callable[[np.ndarray], np.ndarray]:
+    """`model` ("path[:head]"), loaded once, as a function from faces to (N, C) probabilities over `classes`'."""
     path, _, head = model.partition(":") if model.endswith((":fer2013", ":ferplus")) else (model, "", "")
     predictor = Predictor(path, classes=classes, head=head or None)
     cs = class_set(classes)
@@ -34,7 +35,7 @@ def probabilities(model: str, classes: str, faces: np.ndarray, flip: bool) -> np
     def run(x: np.ndarray) -> np.ndarray:
         scores = restrict(predictor.scores(x), predictor.classes, cs)
         return softmax(scores, axis=1) if predictor.logits else scores / scores.sum(axis=1, keepdims=True)
-    return flip_averaged(run, faces) if flip else run(faces)
+    return run
 
 
 def main() -> None:
@@ -57,10 +58,10 @@ def main() -> None:
 
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for model in args.models:
-        for flip in (False, True) if args.flip else (False,):
-            name = Path(model).name + (" +flip" if flip else "")
-            results[name] = (probabilities(model, args.classes, fer.images, flip),
-                             probabilities(model, args.classes, plus.images, flip))
+        run = probabilities(model, args.classes)
+        results[Path(model).name] = (run(fer.images), run(plus.images))
+        if args.flip:
+            results[Path(model).name + " +flip"] = (flip_averaged(run, fer.images), flip_averaged(run, plus.images))
     if len(args.models) > 1:
         singles = [v for k, v in results.items() if not k.endswith("+flip")]
         results["average of all"] = tuple(softmax(np.mean([np.log(np.clip(s[i], 1e-7, 1)) for s in singles], axis=0),

@@ -82,14 +82,11 @@ def delegated_partitions(content: bytes) -> int:
 
 
 def int8_depthwise_filters(content: bytes) -> int:
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-    code = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-    graph = model.subgraphs[0]
-    return sum(code[op.opcodeIndex] == schema.BuiltinOperator.DEPTHWISE_CONV_2D
-               and graph.tensors[op.inputs[1]].type == schema.TensorType.INT8 for op in graph.operators)
+    from moodlens.training import export
+
+    return len(export.int8_depthwise_filters(flatbuffer_utils.convert_bytearray_to_object(bytearray(content))))
 
 
 def test_a_dynamic_range_export_keeps_depthwise_filters_in_float(tmp_path):

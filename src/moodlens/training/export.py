@@ -149,24 +149,29 @@ def float_depthwise_filters(content: bytes) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    changed = 0
+    for filters in int8_depthwise_filters(model):
+        q, buffer = filters.quantization, model.buffers[filters.buffer]
+        per_channel = [1] * len(filters.shape)
+        per_channel[q.quantizedDimension] = -1
+        scale = np.asarray(q.scale, np.float32).reshape(per_channel if len(q.scale) > 1 else [])
+        zero = np.asarray(q.zeroPoint, np.float32).reshape(scale.shape)
+        weights = (np.frombuffer(bytes(buffer.data), np.int8).reshape(filters.shape) - zero) * scale
+        buffer.data = np.frombuffer(weights.astype(np.float32).tobytes(), np.uint8)
+        filters.type, filters.quantization = schema.TensorType.FLOAT32, None
+        changed += 1
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else content
+
+
+def int8_depthwise_filters(model) -> list:
+    """The int8 filter tensors of the depthwise convolutions in `model`, a LiteRT file read into flatbuffer objects
+    (tensorflow.lite.tools.flatbuffer_utils)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
     depthwise = {i for i, code in enumerate(model.operatorCodes)
                  if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEPTHWISE_CONV_2D}
-    changed = 0
-    for graph in model.subgraphs:
-        for op in graph.operators:
-            filters = graph.tensors[op.inputs[1]] if op.opcodeIndex in depthwise else None
-            if filters is None or filters.type != schema.TensorType.INT8:
-                continue
-            q, buffer = filters.quantization, model.buffers[filters.buffer]
-            per_channel = [1] * len(filters.shape)
-            per_channel[q.quantizedDimension] = -1
-            scale = np.asarray(q.scale, np.float32).reshape(per_channel if len(q.scale) > 1 else [])
-            zero = np.asarray(q.zeroPoint, np.float32).reshape(scale.shape)
-            weights = (np.frombuffer(bytes(buffer.data), np.int8).reshape(filters.shape) - zero) * scale
-            buffer.data = np.frombuffer(weights.astype(np.float32).tobytes(), np.uint8)
-            filters.type, filters.quantization = schema.TensorType.FLOAT32, None
-            changed += 1
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else content
+    return [graph.tensors[op.inputs[1]] for graph in model.subgraphs for op in graph.operators
+            if op.opcodeIndex in depthwise and graph.tensors[op.inputs[1]].type == schema.TensorType.INT8]
 
 
 def columns_for(trained: ClassSet, target: ClassSet) -> list[int]:
