@@ -499,6 +499,21 @@ def test_a_shipped_model_teaches_the_student_on_the_view_the_student_sees(tmp_pa
     assert result.exit_code == 2 and "--teacher needs --distill" in result.output
 
 
+@pytest.mark.parametrize("options, refusal", [
+    (["--teacher-flip"], "--teacher-flip needs --teacher"),
+    (["--ferplus-weight", "0.5"], "--ferplus-weight needs --targets heads"),
+])
+def test_train_refuses_an_option_that_would_be_ignored(tmp_path, options, refusal):
+    from click.testing import CliRunner
+
+    from moodlens.cli import main
+
+    fer, _ = make_fer_pair(tmp_path)
+    result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "cli"), "--fer2013", str(fer), *options])
+    assert result.exit_code == 2 and refusal in result.output
+    assert not (tmp_path / "cli").exists()  # refused before the run folder is made
+
+
 def test_a_flip_teacher_gives_a_face_and_its_mirror_image_the_same_target():
     """--teacher-flip: the teacher's output is the mean over the view and its mirror image, so it cannot tell the
     two apart, and it differs from the one-view output it averages."""

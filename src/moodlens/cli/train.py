@@ -89,6 +89,10 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
         raise click.UsageError("--arch faceapi needs --faceapi-dir (face-api's model/ folder)")
     if teacher and not distill:
         raise click.UsageError("--teacher needs --distill W: the weight of its output in every target")
+    if teacher_flip and not (teacher or resume):
+        raise click.UsageError("--teacher-flip needs --teacher: it averages that model's output over mirror images")
+    if ferplus_weight != 1.0 and targets != "heads" and not resume:
+        raise click.UsageError("--ferplus-weight needs --targets heads: only a two-head run has a FER+ head")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
                       lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
