@@ -320,6 +320,36 @@ def test_export_round_trip_of_a_two_head_net(tmp_path, heads_run, classes, head)
     assert (paths[0].with_suffix(".md")).read_text().count("vector scaling") == 1
 
 
+def test_export_blends_both_heads_on_one_trunk(tmp_path, heads_run):
+    """--head both: one file whose output is the calibrated geometric mean of both heads' 4-class probabilities,
+    at the cost of one head (one trunk in the graph), measured beside each head alone."""
+    from scipy.special import log_softmax, softmax
+
+    from moodlens.training.export import export_model, model_logits, single_head
+    from moodlens.training.recover import classifier_from_tflite
+
+    cfg, run = heads_run
+    card, paths = export_model(run / "best.keras", "4", tmp_path / "both.tflite", cfg.fer2013, cfg.ferplus,
+                               head="both", quantize="none")
+    arch = card["architecture"]
+    assert arch["head"] == "both" and set(arch["head_choice"]) == {"fer2013", "ferplus", "both"}
+    assert card["export_check"]["max_abs_diff_vs_keras"] < 1e-5
+    faces = np.random.default_rng(0).integers(0, 256, (12, 48, 48)).astype(np.uint8)
+    full = keras.models.load_model(run / "best.keras")
+    fer = model_logits(single_head(full, "fer2013"), faces)[:, [0, 3, 6, 4]]  # angry, happy, neutral, sad
+    plus = model_logits(single_head(full, "ferplus"), faces)[:, [4, 1, 0, 3]]
+    blend = (log_softmax(fer, axis=1) + log_softmax(plus, axis=1)) / 2
+    cal = card["calibration"]
+    ref = softmax(blend * np.array(cal["scale"]) + np.array(cal["bias"]), axis=1)
+    np.testing.assert_allclose(ExpressionClassifier(paths[0], num_threads=1).predict(faces), ref, atol=1e-4)
+    single, _ = export_model(run / "best.keras", "4", tmp_path / "one.tflite", cfg.fer2013, cfg.ferplus,
+                             head="fer2013", quantize="none")
+    assert arch["parameters"] == single["architecture"]["parameters"] + full.get_layer("ferplus_logits").count_params()
+    assert "blends both heads" in card["training"]["description"]
+    with pytest.raises(ValueError, match="cannot be read back"):
+        classifier_from_tflite(paths[0])
+
+
 def test_export_picks_the_four_class_head_by_measurement(tmp_path, heads_run):
     from moodlens.training.export import export_model
 

@@ -138,9 +138,10 @@ def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
 @click.option("--fer2013", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--ferplus", type=click.Path(exists=True, dir_okay=False))
 @click.option("--split", default="PublicTest", show_default=True, help="Split to calibrate and measure on.")
-@click.option("--head", type=click.Choice(["auto", "fer2013", "ferplus"]), default="auto", show_default=True,
+@click.option("--head", type=click.Choice(["auto", "fer2013", "ferplus", "both"]), default="auto", show_default=True,
               help="Head of a two-head checkpoint. auto: FER2013's for 7 classes; for 4, the head with the higher "
-                   "mean of its FER2013- and FER+-label accuracy on --split.")
+                   "mean of its FER2013- and FER+-label accuracy on --split. both: the geometric mean of both "
+                   "heads' restricted probabilities (one trunk: the cost of one head).")
 @click.option("--calibration", type=click.Choice(["vector", "temperature"]), default="vector", show_default=True,
               help="A scale and a bias per class, or one temperature.")
 @click.option("--uncertain-below", type=float,

@@ -35,6 +35,19 @@ def single_head(model, head: str | None = None):
     return keras.Model(model.input, model.output[head], name=f"{model.name}_{head}")
 
 
+def blended_heads(model, target: ClassSet):
+    """A two-head checkpoint as one logits model over `target`: the log of the geometric mean of both heads'
+    probabilities restricted to `target`. Both heads sit on one trunk, so it costs what one head costs; it
+    reads FER2013's labels and FER+'s at once, where each head alone favours its own."""
+    import keras
+
+    from moodlens.training.labels import FERPLUS_HEAD, SEVEN
+
+    terms = [keras.ops.log_softmax(keras.ops.take(model.output[h], np.array(columns_for(c, target)), axis=1), axis=1)
+             for h, c in (("fer2013", SEVEN), ("ferplus", FERPLUS_HEAD))]
+    return keras.Model(model.input, (terms[0] + terms[1]) * 0.5, name=f"{model.name}_both")
+
+
 def inference_model(model, columns: list[int], temperature: float = 1.0, flip_tta: bool = False,
                     scale: np.ndarray | None = None, bias: np.ndarray | None = None):
     """Wrap a logits model: (optionally average with the mirrored face), keep `columns`, calibrate, softmax.
@@ -213,15 +226,15 @@ def label_sets(fer2013: str | Path, split: str, target: ClassSet, ferplus: str |
 
 
 def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, flip_tta: bool) -> tuple[str | None, dict]:
-    """The head to export and what each head measured (accuracy per label set on the split)."""
+    """The head to export and what each head measured (accuracy per label set on the split); "both" (the two
+    heads blended, `blended_heads`) is measured only when asked for."""
     if None in heads:
         return None, {}
-    measured = {}
-    for name, classes in heads.items():
-        one = single_head(model, name)
-        cols = columns_for(classes, target)
-        measured[name] = {labels: float((model_logits(one, ds.images, flip_tta)[:, cols].argmax(1) == ds.y).mean())
-                          for labels, ds in sets.items()}
+    nets = {name: (single_head(model, name), columns_for(classes, target)) for name, classes in heads.items()}
+    if head == "both":
+        nets["both"] = (blended_heads(model, target), list(range(len(target))))
+    measured = {name: {labels: float((model_logits(one, ds.images, flip_tta)[:, cols].argmax(1) == ds.y).mean())
+                       for labels, ds in sets.items()} for name, (one, cols) in nets.items()}
     if head != "auto":
         return head, measured
     if target.name == "7":
@@ -311,8 +324,11 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     frame = read_fer2013(fer2013)
     sets = label_sets(fer2013, split, target, ferplus, frame)
     head, measured = choose_head(full, heads, target, sets, head, flip_tta)
-    model, trained = single_head(full, head), heads[head]
-    cols = columns_for(trained, target)
+    if head == "both":
+        model, trained, cols = blended_heads(full, target), target, list(range(len(target)))
+    else:
+        model, trained = single_head(full, head), heads[head]
+        cols = columns_for(trained, target)
     components = []
     if fuse_with:
         weights = fuse_weights or (1 / (len(fuse_with) + 1),) * (len(fuse_with) + 1)

@@ -129,7 +129,12 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
             f"{len(components)} nets: " + " ".join(
                 f"({i + 1}) {c['checkpoint']}, weight {c['weight']:g}, input {'x'.join(map(str, c['input']))}: "
                 f"{c['training'] or 'no run config beside it.'}" for i, c in enumerate(components))
-    if head is not None:
+    if head == "both":
+        description += (" This file blends both heads (the geometric mean of their probabilities restricted to "
+                        f"{', '.join(classes.classes)}; one trunk, the cost of one head); on {split}: "
+                        + "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items())
+                                    for h, m in head_choice.items()) + ".")
+    elif head is not None:
         description += (f" This file is the {head} head" + (
             f", chosen over the other by the mean of its FER2013- and FER+-label accuracy on {split}: "
             + "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items()) for h, m in head_choice.items())

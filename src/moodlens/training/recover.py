@@ -59,6 +59,8 @@ def classifier_from_tflite(path: str | Path, faces: np.ndarray | None = None):
     path = Path(path)
     card = json.loads(path.with_suffix(".json").read_text())
     arch = card["architecture"]
+    if arch.get("head") == "both" or arch.get("components"):
+        raise ValueError(f"{path} blends several heads or nets: it cannot be read back as one network")
     if arch["output_columns"] != list(range(len(arch["trained_classes"]))):
         raise ValueError(f"{path} is a column-restricted export: start from the full-width file instead")
     convs, (kernel, bias) = read_tflite_layers(path)
