@@ -389,6 +389,21 @@ def test_export_fuses_a_two_head_net_with_another_run_into_one_file(tmp_path, he
     assert float(np.abs(clf.predict(faces) - ref).max()) < 1e-4
 
 
+def test_two_one_head_nets_of_the_same_name_fuse():
+    """Every run's net is called "moodlens_cnn": fusing two of them (an ensemble teacher) must still work."""
+    from scipy.special import log_softmax
+
+    from moodlens.training.export import fused_logits_model, model_logits
+    from moodlens.training.model import build_classifier
+
+    nets = [build_classifier(7, width=8) for _ in range(2)]
+    assert nets[0].name == nets[1].name
+    fused = fused_logits_model([(n, list(range(7))) for n in nets], [0.5, 0.5])
+    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48)).astype(np.uint8)
+    ref = sum(0.5 * log_softmax(model_logits(n, faces), axis=1) for n in nets)
+    np.testing.assert_allclose(model_logits(fused, faces), ref, atol=1e-5)
+
+
 FACEAPI_MODEL = Path(__file__).resolve().parents[1] / ".cache/faceapi/node_modules/@vladmandic/face-api/model"
 
 

@@ -85,8 +85,11 @@ def fused_logits_model(parts, weights):
     import keras
 
     inputs: dict[tuple, object] = {}
-    terms = []
+    terms, names = [], set()
     for (net, cols), w in zip(parts, weights, strict=True):
+        if net.name in names:  # two runs' nets share build_classifier's name; Keras wants each once in a model
+            net = keras.Model(net.input, net.output, name=f"{net.name}_{len(names)}")
+        names.add(net.name)
         shape = tuple(int(v) for v in net.input_shape[1:])
         x = inputs.setdefault(shape, keras.Input(shape, name=input_name((None, *shape))))
         logits = keras.ops.take(net(x, training=False), np.array(cols), axis=1)
