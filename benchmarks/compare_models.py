@@ -57,11 +57,13 @@ def main() -> None:
           f"{len(plus.y)} with a FER+ majority")
 
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for model in args.models:
+    names = [Path(m).name for m in args.models]
+    for model, name in zip(args.models, names, strict=True):
+        name = name if names.count(name) == 1 else model  # two runs' expression-4.tflite: tell them apart
         run = probabilities(model, args.classes)
-        results[Path(model).name] = (run(fer.images), run(plus.images))
+        results[name] = (run(fer.images), run(plus.images))
         if args.flip:
-            results[Path(model).name + " +flip"] = (flip_averaged(run, fer.images), flip_averaged(run, plus.images))
+            results[name + " +flip"] = (flip_averaged(run, fer.images), flip_averaged(run, plus.images))
     if len(args.models) > 1:
         singles = [v for k, v in results.items() if not k.endswith("+flip")]
         results["average of all"] = tuple(softmax(np.mean([np.log(np.clip(s[i], 1e-7, 1)) for s in singles], axis=0),
