@@ -35,17 +35,23 @@ def single_head(model, head: str | None = None):
     return keras.Model(model.input, model.output[head], name=f"{model.name}_{head}")
 
 
-def blended_heads(model, target: ClassSet):
-    """A two-head checkpoint as one logits model over `target`: the log of the geometric mean of both heads'
-    probabilities restricted to `target`. Both heads sit on one trunk, so it costs what one head costs; it
-    reads FER2013's labels and FER+'s at once, where each head alone favours its own."""
+def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet):
+    """A two-head checkpoint (`heads`: checkpoint_heads) as one logits model over `target`: the log of the
+    geometric mean of its heads' probabilities restricted to `target`. The heads sit on one trunk, so it costs
+    what one head costs; it reads FER2013's labels and FER+'s at once, where each head alone favours its own."""
     import keras
 
-    from moodlens.training.labels import FERPLUS_HEAD, SEVEN
-
     terms = [keras.ops.log_softmax(keras.ops.take(model.output[h], np.array(columns_for(c, target)), axis=1), axis=1)
-             for h, c in (("fer2013", SEVEN), ("ferplus", FERPLUS_HEAD))]
-    return keras.Model(model.input, (terms[0] + terms[1]) * 0.5, name=f"{model.name}_both")
+             for h, c in heads.items()]
+    return keras.Model(model.input, sum(terms[1:], terms[0]) / len(terms), name=f"{model.name}_both")
+
+
+def head_net(model, heads: dict, name: str | None, target: ClassSet):
+    """(logits net, classes it was trained on, columns giving `target`) of head `name` of a checkpoint: a head,
+    the checkpoint itself (one-head: None), or "both" heads blended (`blended_heads`)."""
+    if name == "both":
+        return blended_heads(model, heads, target), target, list(range(len(target)))
+    return single_head(model, name), heads[name], columns_for(heads[name], target)
 
 
 def inference_model(model, columns: list[int], temperature: float = 1.0, flip_tta: bool = False,
@@ -233,11 +239,9 @@ def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, fli
     heads blended, `blended_heads`) is measured only when asked for."""
     if None in heads:
         return None, {}
-    nets = {name: (single_head(model, name), columns_for(classes, target)) for name, classes in heads.items()}
-    if head == "both":
-        nets["both"] = (blended_heads(model, target), list(range(len(target))))
+    nets = {name: head_net(model, heads, name, target) for name in [*heads, *(["both"] if head == "both" else [])]}
     measured = {name: {labels: float((model_logits(one, ds.images, flip_tta)[:, cols].argmax(1) == ds.y).mean())
-                       for labels, ds in sets.items()} for name, (one, cols) in nets.items()}
+                       for labels, ds in sets.items()} for name, (one, _, cols) in nets.items()}
     if head != "auto":
         return head, measured
     if target.name == "7":
@@ -256,8 +260,8 @@ def fuse_part(path: str | Path, target: ClassSet):
         return faceapi_classifier(path, tuple(target.classes)), list(range(len(target)))
     net = keras.models.load_model(path, compile=False)
     heads = checkpoint_heads(net, Path(path))
-    head = None if None in heads else "fer2013"
-    return single_head(net, head), columns_for(heads[head], target)
+    one, _, cols = head_net(net, heads, None if None in heads else "fer2013", target)
+    return one, cols
 
 
 def fuse_component(path: str, net, cols: list[int], weight: float) -> dict:
@@ -327,11 +331,7 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     frame = read_fer2013(fer2013)
     sets = label_sets(fer2013, split, target, ferplus, frame)
     head, measured = choose_head(full, heads, target, sets, head, flip_tta)
-    if head == "both":
-        model, trained, cols = blended_heads(full, target), target, list(range(len(target)))
-    else:
-        model, trained = single_head(full, head), heads[head]
-        cols = columns_for(trained, target)
+    model, trained, cols = head_net(full, heads, head, target)
     components = []
     if fuse_with:
         weights = fuse_weights or (1 / (len(fuse_with) + 1),) * (len(fuse_with) + 1)

@@ -129,15 +129,13 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
             f"{len(components)} nets: " + " ".join(
                 f"({i + 1}) {c['checkpoint']}, weight {c['weight']:g}, input {'x'.join(map(str, c['input']))}: "
                 f"{c['training'] or 'no run config beside it.'}" for i, c in enumerate(components))
+    measured = "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items()) for h, m in head_choice.items())
     if head == "both":
         description += (" This file blends both heads (the geometric mean of their probabilities restricted to "
-                        f"{', '.join(classes.classes)}; one trunk, the cost of one head); on {split}: "
-                        + "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items())
-                                    for h, m in head_choice.items()) + ".")
+                        f"{', '.join(classes.classes)}; one trunk, the cost of one head); on {split}: {measured}.")
     elif head is not None:
         description += (f" This file is the {head} head" + (
-            f", chosen over the other by the mean of its FER2013- and FER+-label accuracy on {split}: "
-            + "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items()) for h, m in head_choice.items())
+            f", chosen over the other by the mean of its FER2013- and FER+-label accuracy on {split}: {measured}"
             if len(classes) == 4 and head_choice else "") + ".")
     if tuple(trained.classes) != tuple(classes.classes):
         description += (f" Its {len(trained)} outputs are restricted to {', '.join(classes.classes)} "
