@@ -25,11 +25,10 @@ class Predictor:
     def __init__(self, model_path: str | Path | None = None, classes: str = "4", head: str | None = None):
         path = Path(model_path) if model_path else None
         if path is not None and path.suffix == ".keras":
-            import keras
-
             from moodlens.training.export import checkpoint_heads, single_head
+            from moodlens.training.model import load_network
 
-            model = keras.models.load_model(path, compile=False)
+            model = load_network(path)
             heads = checkpoint_heads(model, path)
             head = head if head in heads else next(iter(heads))  # a two-head net: FER2013's unless told
             self._keras = single_head(model, head)

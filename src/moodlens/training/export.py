@@ -252,13 +252,13 @@ def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, fli
 def fuse_part(path: str | Path, target: ClassSet):
     """A checkpoint to fuse: its single-head logits net and the columns giving `target` (FER2013's head of a
     two-head net). A folder is face-api.js's model folder: its FaceExpressionNet as published."""
-    import keras
+    from moodlens.training.model import load_network
 
     if Path(path).is_dir():
         from moodlens.training.faceapi import faceapi_classifier
 
         return faceapi_classifier(path, tuple(target.classes)), list(range(len(target)))
-    net = keras.models.load_model(path, compile=False)
+    net = load_network(path)
     heads = checkpoint_heads(net, Path(path))
     one, _, cols = head_net(net, heads, None if None in heads else "fer2013", target)
     return one, cols
@@ -314,7 +314,6 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     folder, as `evaluate --photos`) scored end to end with the written file, for the card."""
     import json
 
-    import keras
     from scipy.special import softmax
 
     from moodlens.engine.classify import ExpressionClassifier, ms_per_face
@@ -322,10 +321,11 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     from moodlens.training.data import load_fer, read_fer2013
     from moodlens.training.evaluate import evaluate
     from moodlens.training.labels import class_set
+    from moodlens.training.model import load_network
     from moodlens.training.modelcard import build_card, write_card
 
     ckpt = Path(checkpoint)
-    full = keras.models.load_model(ckpt, compile=False)
+    full = load_network(ckpt)
     heads = checkpoint_heads(full, ckpt)
     target = class_set(classes)
     frame = read_fer2013(fer2013)

@@ -67,6 +67,9 @@ class TrainConfig:
     photos: str | None = None  # a labelled real-photo set (photos-dev labels.csv) probed every epoch, never trained on
     # the FER+ head's loss weight in a two-head run (the FER2013 head's is 1); at 0 the run is a one-head run's
     ferplus_weight: float = 1.0
+    # the scale of the FER+ head's gradient into the shared trunk in a two-head run (its own weights learn at
+    # full rate): two heads from scratch diverge at 1, and train like one head at 0.1
+    ferplus_trunk_grad: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -199,9 +202,8 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
 def load_source(path: str, faces: np.ndarray | None = None):
     """A checkpoint to start from, and its heads {logits layer: classes}: a training checkpoint (.keras, its
     classes from the run's config.json) or a shipped .tflite file (its weights recovered, see recover.py)."""
-    import keras
-
     from moodlens.training.evaluate import keras_model_classes
+    from moodlens.training.model import load_network
 
     if path.endswith(".tflite"):
         from moodlens.training.recover import classifier_from_tflite
@@ -209,7 +211,7 @@ def load_source(path: str, faces: np.ndarray | None = None):
         source = classifier_from_tflite(path, faces)
         card = json.loads(Path(path).with_suffix(".json").read_text())
         return source, {"logits": tuple(card["architecture"]["trained_classes"])}
-    source = keras.models.load_model(path, compile=False)
+    source = load_network(path)
     if isinstance(source.output, dict):
         return source, {f"{h}_logits": HEADS[h] for h in source.output}
     return source, {"logits": keras_model_classes(Path(path), source.output_shape[-1])}
@@ -217,7 +219,7 @@ def load_source(path: str, faces: np.ndarray | None = None):
 
 def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[str, ...]], dropout: float = 0.4,
                          stage_dropout: float = 0.1, width: int | None = None, faces: np.ndarray | None = None,
-                         depth: tuple[int, ...] | None = None):
+                         depth: tuple[int, ...] | None = None, trunk_grad: dict[str, float] | None = None):
     """A fresh network over `classes` (or {head: classes}) whose trunk and logits are the checkpoint's.
 
     With `depth` deeper than the checkpoint's in some stage, the stage's extra convolutions start as the
@@ -248,7 +250,7 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
     if any(d < s for d, s in zip(depth, source_depth, strict=True)):
         raise ValueError(f"{path} has depth {source_depth}: a run from it can add convolutions, not remove them")
     model = build_classifier({h: len(c) for h, c in heads.items()} if heads else len(classes), width=source_width,
-                             dropout=dropout, stage_dropout=stage_dropout, depth=depth)
+                             dropout=dropout, stage_dropout=stage_dropout, depth=depth, trunk_grad=trunk_grad)
     source_names = {layer.name for layer in source.layers}
     grown = []
     for layer in model.layers:
@@ -301,6 +303,7 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     classes = HEADS if cfg.targets == "heads" else train_set.class_set.classes
+    trunk_grad = {"ferplus": cfg.ferplus_trunk_grad}
     if cfg.arch == "faceapi":
         from moodlens.training.faceapi import faceapi_classifier
 
@@ -309,11 +312,11 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
         model = faceapi_classifier(cfg.faceapi_dir, classes)
     elif cfg.init_from:  # a few thousand training faces set the batch norms of a recovered .tflite network
         model = init_from_checkpoint(cfg.init_from, classes, cfg.dropout, cfg.stage_dropout, cfg.width,
-                                     faces=train_set.images[:4096], depth=cfg.depth)
+                                     faces=train_set.images[:4096], depth=cfg.depth, trunk_grad=trunk_grad)
     else:
         model = build_classifier({h: len(c) for h, c in HEADS.items()} if cfg.targets == "heads" else len(classes),
                                  width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout,
-                                 depth=cfg.depth)
+                                 depth=cfg.depth, trunk_grad=trunk_grad)
     if cfg.targets == "heads":
         # the FER+ head learns the vote distribution itself: no smoothing on top of it
         loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
@@ -492,8 +495,9 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     `epochs` on resume lengthens or shortens the run: the learning-rate schedule is rebuilt for the new length
     (the resumed run is then no longer identical to an uninterrupted one).
     """
-    import keras
     import tensorflow as tf
+
+    from moodlens.training.model import load_network
 
     run = Path(cfg.run_dir)
     if resume:
@@ -516,7 +520,7 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     train_set, val_set, probes = load_datasets(cfg)
     stream, steps = make_train_stream(train_set, cfg, start)
     if start > 0:
-        model = keras.models.load_model(run / "last.keras")
+        model = load_network(run / "last.keras", compile=True)
         if epochs is not None:
             model.optimizer.learning_rate = lr_schedule(cfg, steps)
         # history rows after the checkpoint (an epoch that crashed mid-write) are dropped
