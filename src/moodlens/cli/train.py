@@ -72,9 +72,6 @@ def parse_depth(value: str | None) -> tuple[int, ...] | None:
               help="Average the teacher's output over each view and its mirror image.")
 @click.option("--ferplus-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="--targets heads: the FER+ head's share of the loss (the FER2013 head's is 1).")
-@click.option("--ferplus-trunk-grad", type=click.FloatRange(min=0, max=1), default=1.0, show_default=True,
-              help="--targets heads: scale of the FER+ head's gradient into the shared trunk (0.1 keeps two "
-                   "heads from scratch from diverging; the head itself learns at full rate).")
 @click.option("--photos", type=click.Path(exists=True),
               help="Labelled real photos (photos-dev labels.csv) scored every epoch: validation only.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
@@ -82,7 +79,7 @@ def parse_depth(value: str | None) -> tuple[int, ...] | None:
 def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, optimizer, lr,
                   weight_decay, ema, dropout, stage_dropout, label_smoothing, warmup_epochs, class_weight, width,
                   depth, seed, limit, init_from, arch, faceapi_dir, distill, teacher, teacher_flip, ferplus_weight,
-                  ferplus_trunk_grad, photos, resume, stop_after) -> None:
+                  photos, resume, stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
     from moodlens.training.train import TrainConfig, train
 
@@ -94,9 +91,8 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
         raise click.UsageError("--teacher needs --distill W: the weight of its output in every target")
     if teacher_flip and not (teacher or resume):
         raise click.UsageError("--teacher-flip needs --teacher: it averages that model's output over mirror images")
-    for name, value in (("--ferplus-weight", ferplus_weight), ("--ferplus-trunk-grad", ferplus_trunk_grad)):
-        if value != 1.0 and targets != "heads" and not resume:
-            raise click.UsageError(f"{name} needs --targets heads: only a two-head run has a FER+ head")
+    if ferplus_weight != 1.0 and targets != "heads" and not resume:
+        raise click.UsageError("--ferplus-weight needs --targets heads: only a two-head run has a FER+ head")
     cfg = TrainConfig(run_dir=run_dir, fer2013=fer2013, ferplus=ferplus, shards=shards, classes=classes,
                       targets=targets, epochs=epochs or 36, batch_size=batch_size, optimizer=optimizer,
                       lr=lr or (0.01 if optimizer == "sgd" else 2e-3),
@@ -105,8 +101,7 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
                       warmup_epochs=warmup_epochs, class_weight=class_weight,
                       width=width, depth=depth, seed=seed, limit=limit, init_from=init_from, arch=arch,
                       faceapi_dir=faceapi_dir, distill=distill,
-                      teacher=teacher, teacher_flip=teacher_flip, ferplus_weight=ferplus_weight,
-                      ferplus_trunk_grad=ferplus_trunk_grad, photos=photos)
+                      teacher=teacher, teacher_flip=teacher_flip, ferplus_weight=ferplus_weight, photos=photos)
     try:
         run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:

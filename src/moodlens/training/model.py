@@ -25,32 +25,25 @@ def conv_block(x, filters: int, dropout: float, name: str, convs: int = 2):
 
 
 @keras.saving.register_keras_serializable(package="moodlens")
-class GradientScale(layers.Layer):
-    """The identity going forward; scales the gradient flowing back through it by `scale`.
+def soft_cross_entropy(targets, logits):
+    """Cross-entropy of logits against a target distribution, where an all-zero row is no target at all.
 
-    Put before a head, it lets that head learn at full rate while its pull on the shared trunk is damped: two
-    heads from scratch at AdamW 2e-3 diverge, and the FER+ head's gradient into the trunk at 0.1 trains cleanly.
+    Keras's CategoricalCrossentropy (TensorFlow's fused softmax_cross_entropy_with_logits) gives such a row a loss
+    of 0 but a gradient of softmax(logits): its backward pass assumes every target row sums to 1. Those phantom
+    gradients pushed every FER+ logit down without end, growing the FER+ kernel and the trunk's features until
+    two-head runs from scratch diverged. Written out, the gradient is sum(targets) * softmax - targets: zero there.
     """
-
-    def __init__(self, scale: float, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = scale
-
-    def call(self, inputs):
-        return inputs * self.scale + keras.ops.stop_gradient(inputs) * (1.0 - self.scale)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "scale": self.scale}
+    targets = keras.ops.convert_to_tensor(targets, dtype=logits.dtype)
+    return -keras.ops.sum(targets * keras.ops.log_softmax(logits, axis=-1), axis=-1)
 
 
 def load_network(path: str | Path, compile: bool = False) -> keras.Model:
-    """A saved .keras network; importing this module first registers the layers it may hold (GradientScale)."""
+    """A saved .keras network; importing this module first registers what it may hold (soft_cross_entropy)."""
     return keras.models.load_model(path, compile=compile)
 
 
 def build_classifier(n_classes: int | dict[str, int], width: int = 32, dropout: float = 0.4,
-                     stage_dropout: float = 0.1, depth: Sequence[int] | None = None,
-                     trunk_grad: dict[str, float] | None = None) -> keras.Model:
+                     stage_dropout: float = 0.1, depth: Sequence[int] | None = None) -> keras.Model:
     """A four-stage VGG-style CNN over 48x48 grayscale faces; about 1.2M parameters (117 M multiply-adds) at
     width 32, about 2.25x both at width 48.
 
@@ -58,8 +51,7 @@ def build_classifier(n_classes: int | dict[str, int], width: int = 32, dropout: 
     feeds raw pixels). Output: (N, n_classes) logits from the layer "logits"; or, with `n_classes` a dict
     {head: classes}, one logits output per head (layer "<head>_logits") on the shared trunk. Stage k drops
     `stage_dropout * k` of its activations, the head `dropout`. `depth`: convolutions per stage (default DEPTH;
-    a third one in the last two stages, (2, 2, 3, 3), costs about 1.4x the multiply-adds). `trunk_grad`:
-    {head: scale} for the gradient a head sends into the trunk (a GradientScale layer "<head>_trunk_grad").
+    a third one in the last two stages, (2, 2, 3, 3), costs about 1.4x the multiply-adds).
     """
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
@@ -68,17 +60,10 @@ def build_classifier(n_classes: int | dict[str, int], width: int = 32, dropout: 
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="head_drop")(x)
     if isinstance(n_classes, dict):
-        outputs = {head: layers.Dense(n, name=f"{head}_logits")(head_input(x, head, trunk_grad or {}))
-                   for head, n in n_classes.items()}
+        outputs = {head: layers.Dense(n, name=f"{head}_logits")(x) for head, n in n_classes.items()}
     else:
         outputs = layers.Dense(n_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="moodlens_cnn")
-
-
-def head_input(x, head: str, trunk_grad: dict[str, float]):
-    """The trunk's features as `head` sees them: through a GradientScale when its trunk gradient is scaled."""
-    scale = trunk_grad.get(head, 1.0)
-    return x if scale == 1.0 else GradientScale(scale, name=f"{head}_trunk_grad")(x)
 
 
 def stage_depth(model: keras.Model) -> tuple[int, ...]:

@@ -21,8 +21,6 @@ def training_description(run_cfg: dict, trained_name: str, split: str) -> str:
                 "'not a face' have no FER+ target)")
         if run_cfg.get("ferplus_weight", 1.0) != 1.0:
             what += f", the FER+ head's loss weighted {run_cfg['ferplus_weight']}"
-        if run_cfg.get("ferplus_trunk_grad", 1.0) != 1.0:
-            what += f", the FER+ head's gradient into the shared trunk scaled by {run_cfg['ferplus_trunk_grad']}"
     else:
         what = (f"{run_cfg.get('classes', trained_name)} classes, targets '{run_cfg.get('targets', '?')}', label "
                 f"smoothing {run_cfg.get('label_smoothing', '?')}")

@@ -67,9 +67,6 @@ class TrainConfig:
     photos: str | None = None  # a labelled real-photo set (photos-dev labels.csv) probed every epoch, never trained on
     # the FER+ head's loss weight in a two-head run (the FER2013 head's is 1); at 0 the run is a one-head run's
     ferplus_weight: float = 1.0
-    # the scale of the FER+ head's gradient into the shared trunk in a two-head run (its own weights learn at
-    # full rate): two heads from scratch diverge at 1, and train like one head at 0.1
-    ferplus_trunk_grad: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -219,7 +216,7 @@ def load_source(path: str, faces: np.ndarray | None = None):
 
 def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[str, ...]], dropout: float = 0.4,
                          stage_dropout: float = 0.1, width: int | None = None, faces: np.ndarray | None = None,
-                         depth: tuple[int, ...] | None = None, trunk_grad: dict[str, float] | None = None):
+                         depth: tuple[int, ...] | None = None):
     """A fresh network over `classes` (or {head: classes}) whose trunk and logits are the checkpoint's.
 
     With `depth` deeper than the checkpoint's in some stage, the stage's extra convolutions start as the
@@ -250,7 +247,7 @@ def init_from_checkpoint(path: str, classes: tuple[str, ...] | dict[str, tuple[s
     if any(d < s for d, s in zip(depth, source_depth, strict=True)):
         raise ValueError(f"{path} has depth {source_depth}: a run from it can add convolutions, not remove them")
     model = build_classifier({h: len(c) for h, c in heads.items()} if heads else len(classes), width=source_width,
-                             dropout=dropout, stage_dropout=stage_dropout, depth=depth, trunk_grad=trunk_grad)
+                             dropout=dropout, stage_dropout=stage_dropout, depth=depth)
     source_names = {layer.name for layer in source.layers}
     grown = []
     for layer in model.layers:
@@ -297,13 +294,12 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch: int):
     import keras
 
-    from moodlens.training.model import build_classifier
+    from moodlens.training.model import build_classifier, soft_cross_entropy
 
     keras.utils.set_random_seed(cfg.seed)
     smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     classes = HEADS if cfg.targets == "heads" else train_set.class_set.classes
-    trunk_grad = {"ferplus": cfg.ferplus_trunk_grad}
     if cfg.arch == "faceapi":
         from moodlens.training.faceapi import faceapi_classifier
 
@@ -312,14 +308,15 @@ def build_and_compile(cfg: TrainConfig, train_set: FaceDataset, steps_per_epoch:
         model = faceapi_classifier(cfg.faceapi_dir, classes)
     elif cfg.init_from:  # a few thousand training faces set the batch norms of a recovered .tflite network
         model = init_from_checkpoint(cfg.init_from, classes, cfg.dropout, cfg.stage_dropout, cfg.width,
-                                     faces=train_set.images[:4096], depth=cfg.depth, trunk_grad=trunk_grad)
+                                     faces=train_set.images[:4096], depth=cfg.depth)
     else:
         model = build_classifier({h: len(c) for h, c in HEADS.items()} if cfg.targets == "heads" else len(classes),
                                  width=cfg.width, dropout=cfg.dropout, stage_dropout=cfg.stage_dropout,
-                                 depth=cfg.depth, trunk_grad=trunk_grad)
+                                 depth=cfg.depth)
     if cfg.targets == "heads":
-        # the FER+ head learns the vote distribution itself: no smoothing on top of it
-        loss = {"fer2013": smoothed, "ferplus": keras.losses.CategoricalCrossentropy(from_logits=True)}
+        # the FER+ head learns the vote distribution itself: no smoothing on top of it; rows without FER+ votes
+        # have an all-zero target, which only soft_cross_entropy leaves truly without a gradient
+        loss = {"fer2013": smoothed, "ferplus": soft_cross_entropy}
         metrics = {"fer2013": [accuracy]}
     else:
         loss, metrics = smoothed, [accuracy]
