@@ -345,7 +345,8 @@ def test_export_round_trip_of_a_two_head_net(tmp_path, heads_run, classes, head)
 
 def test_export_blends_both_heads_on_one_trunk(tmp_path, heads_run):
     """--head both: one file whose output is the calibrated geometric mean of both heads' 4-class probabilities,
-    at the cost of one head (one trunk in the graph), measured beside each head alone."""
+    weighted by --ferplus-share, at the cost of one head (one trunk in the graph), measured beside each head alone;
+    the share is refused where there is no blend to weight."""
     from scipy.special import log_softmax, softmax
 
     from moodlens.training.export import export_model, model_logits, single_head
@@ -353,7 +354,7 @@ def test_export_blends_both_heads_on_one_trunk(tmp_path, heads_run):
 
     cfg, run = heads_run
     card, paths = export_model(run / "best.keras", "4", tmp_path / "both.tflite", cfg.fer2013, cfg.ferplus,
-                               head="both", quantize="none")
+                               head="both", quantize="none", ferplus_share=0.7)
     arch = card["architecture"]
     assert arch["head"] == "both" and set(arch["head_choice"]) == {"fer2013", "ferplus", "both"}
     assert card["export_check"]["max_abs_diff_vs_keras"] < 1e-5
@@ -361,14 +362,18 @@ def test_export_blends_both_heads_on_one_trunk(tmp_path, heads_run):
     full = keras.models.load_model(run / "best.keras")
     fer = model_logits(single_head(full, "fer2013"), faces)[:, [0, 3, 6, 4]]  # angry, happy, neutral, sad
     plus = model_logits(single_head(full, "ferplus"), faces)[:, [4, 1, 0, 3]]
-    blend = (log_softmax(fer, axis=1) + log_softmax(plus, axis=1)) / 2
+    blend = 0.3 * log_softmax(fer, axis=1) + 0.7 * log_softmax(plus, axis=1)
     cal = card["calibration"]
     ref = softmax(blend * np.array(cal["scale"]) + np.array(cal["bias"]), axis=1)
     np.testing.assert_allclose(ExpressionClassifier(paths[0], num_threads=1).predict(faces), ref, atol=1e-4)
     assert arch["parameters"] == full.count_params()  # both heads on the checkpoint's one trunk, not two trunks
     assert "blends both heads" in card["training"]["description"]
+    assert "weighted 0.3 FER2013 head / 0.7 FER+ head" in card["training"]["description"]
     with pytest.raises(ValueError, match="cannot be read back"):
         classifier_from_tflite(paths[0])
+    with pytest.raises(ValueError, match="weights the heads of --head both"):
+        export_model(run / "best.keras", "4", tmp_path / "one.tflite", cfg.fer2013, cfg.ferplus, head="ferplus",
+                     ferplus_share=0.7)
 
 
 def test_export_picks_the_four_class_head_by_measurement(tmp_path, heads_run):

@@ -35,22 +35,23 @@ def single_head(model, head: str | None = None):
     return keras.Model(model.input, model.output[head], name=f"{model.name}_{head}")
 
 
-def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet):
+def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet, ferplus_share: float = 0.5):
     """A two-head checkpoint (`heads`: checkpoint_heads) as one logits model over `target`: the log of the
-    geometric mean of its heads' probabilities restricted to `target`. The heads sit on one trunk, so it costs
-    what one head costs; it reads FER2013's labels and FER+'s at once, where each head alone favours its own."""
+    weighted geometric mean of its heads' probabilities restricted to `target`, the FER+ head's weight
+    `ferplus_share`. The heads sit on one trunk, so it costs what one head costs; it reads FER2013's labels and
+    FER+'s at once, where each head alone favours its own."""
     import keras
 
     terms = [keras.ops.log_softmax(keras.ops.take(model.output[h], np.array(columns_for(c, target)), axis=1), axis=1)
-             for h, c in heads.items()]
-    return keras.Model(model.input, sum(terms[1:], terms[0]) / len(terms), name=f"{model.name}_both")
+             * (ferplus_share if h == "ferplus" else 1 - ferplus_share) for h, c in heads.items()]
+    return keras.Model(model.input, sum(terms[1:], terms[0]), name=f"{model.name}_both")
 
 
-def head_net(model, heads: dict, name: str | None, target: ClassSet):
+def head_net(model, heads: dict, name: str | None, target: ClassSet, ferplus_share: float = 0.5):
     """(logits net, classes it was trained on, columns giving `target`) of head `name` of a checkpoint: a head,
     the checkpoint itself (one-head: None), or "both" heads blended (`blended_heads`)."""
     if name == "both":
-        return blended_heads(model, heads, target), target, list(range(len(target)))
+        return blended_heads(model, heads, target, ferplus_share), target, list(range(len(target)))
     return single_head(model, name), heads[name], columns_for(heads[name], target)
 
 
@@ -234,12 +235,14 @@ def label_sets(fer2013: str | Path, split: str, target: ClassSet, ferplus: str |
     return sets
 
 
-def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, flip_tta: bool) -> tuple[str | None, dict]:
+def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, flip_tta: bool,
+                ferplus_share: float = 0.5) -> tuple[str | None, dict]:
     """The head to export and what each head measured (accuracy per label set on the split); "both" (the two
     heads blended, `blended_heads`) is measured only when asked for."""
     if None in heads:
         return None, {}
-    nets = {name: head_net(model, heads, name, target) for name in [*heads, *(["both"] if head == "both" else [])]}
+    nets = {name: head_net(model, heads, name, target, ferplus_share)
+            for name in [*heads, *(["both"] if head == "both" else [])]}
     measured = {name: {labels: float((model_logits(one, ds.images, flip_tta)[:, cols].argmax(1) == ds.y).mean())
                        for labels, ds in sets.items()} for name, (one, _, cols) in nets.items()}
     if head != "auto":
@@ -301,8 +304,8 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
                  ferplus: str | Path | None = None, split: str = "PublicTest", head: str = "auto",
                  calibration: str = "vector", uncertain_below: float | None = None, quantize: str = "dynamic",
                  flip_tta: bool = False, machine: str = "", fuse_with: tuple[str, ...] = (),
-                 fuse_weights: tuple[float, ...] | None = None,
-                 calibrate_on: str = "auto", photos: str | Path | None = None) -> tuple[dict, tuple[Path, ...]]:
+                 fuse_weights: tuple[float, ...] | None = None, calibrate_on: str = "auto",
+                 photos: str | Path | None = None, ferplus_share: float = 0.5) -> tuple[dict, tuple[Path, ...]]:
     """`moodlens export`: pick the head, calibrate on `split`, write the .tflite, check it against Keras,
     measure it and write its model card. Returns (card, written paths).
 
@@ -311,7 +314,8 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     calibration is fitted to ("auto": FER+ majority for the FER+ head, FER2013's otherwise). A bias per class
     moves decisions toward those labels' class balance: fitted on FER2013's, a fused 4-class file measured 0.830
     on FER+ majority labels before calibration and 0.750 after. `photos`: labelled real photos (a labels.csv or
-    folder, as `evaluate --photos`) scored end to end with the written file, for the card."""
+    folder, as `evaluate --photos`) scored end to end with the written file, for the card. `ferplus_share`: the
+    FER+ head's weight in `head="both"` (the FER2013 head's is the rest)."""
     import json
 
     from scipy.special import softmax
@@ -330,8 +334,10 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     target = class_set(classes)
     frame = read_fer2013(fer2013)
     sets = label_sets(fer2013, split, target, ferplus, frame)
-    head, measured = choose_head(full, heads, target, sets, head, flip_tta)
-    model, trained, cols = head_net(full, heads, head, target)
+    if ferplus_share != 0.5 and head != "both":
+        raise ValueError("a FER+ share weights the heads of --head both: export both heads to use it")
+    head, measured = choose_head(full, heads, target, sets, head, flip_tta, ferplus_share)
+    model, trained, cols = head_net(full, heads, head, target, ferplus_share)
     components = []
     if fuse_with:
         weights = fuse_weights or (1 / (len(fuse_with) + 1),) * (len(fuse_with) + 1)
@@ -385,6 +391,7 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
         classes=target, trained=trained, head=head, head_choice=measured, cols=cols, out=out, quantize=quantize,
         flip_tta=flip_tta, parameters=int(model.count_params()), calibration=cal, uncertain_below=uncertain_below,
         metrics=metrics, max_diff=max_diff, run_cfg=run_cfg, split=split, components=components,
+        ferplus_share=ferplus_share,
         inputs=[list(clf_input) for clf_input in ((s.size, s.size, s.channels) for s in clf.inputs)],
         speed={"ms_per_face_batch1": ms_per_face(clf, 1), "ms_per_face_batch32": ms_per_face(clf, 32),
                "runtime": "LiteRT (ai-edge-litert), 1 thread", "machine": machine})
