@@ -192,7 +192,7 @@ def test_openapi_has_tags_and_examples_that_match_its_schemas(client):
 
 def test_analyze_answers_its_uncertain_threshold(client, analyzer):
     body = client.post("/api/v1/analyze", data={"image": (io.BytesIO(jpeg(astronaut())), "a.jpg")}).get_json()
-    assert body["uncertain_below"] == analyzer.uncertain_below == 0.5
+    assert body["uncertain_below"] == analyzer.uncertain_below == analyzer.classifier.card["uncertain_below"]
     for face in body["faces"]:
         assert face["uncertain"] == (max(face["scores"].values()) < body["uncertain_below"])
     seven = client.post("/api/v1/analyze?classes=7", data=jpeg(astronaut()), content_type="image/jpeg").get_json()
