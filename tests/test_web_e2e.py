@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_faces
+from moodlens.engine.classify import shipped_model_path
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, astronaut, coffee, free_port, jpeg, write_y4m
 
 if not CHROMIUM.exists():
@@ -39,8 +40,7 @@ SHOTS = Path(os.environ.get("MOODLENS_SCREENSHOTS", "/tmp"))
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 # the shipped default model's card: the figures and the uncertain threshold the pages must show
-DEFAULT_CARD = json.loads((Path(__file__).resolve().parents[1] / "src" / "moodlens" / "models" /
-                           "expression-4.json").read_text())
+DEFAULT_CARD = json.loads(shipped_model_path("4").with_suffix(".json").read_text())
 UNDER = f"under {round(100 * DEFAULT_CARD['uncertain_below'])}%"
 
 

@@ -42,9 +42,20 @@ def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet, ferplus_s
     FER+'s at once, where each head alone favours its own."""
     import keras
 
-    terms = [keras.ops.log_softmax(keras.ops.take(model.output[h], np.array(columns_for(c, target)), axis=1), axis=1)
-             * (ferplus_share if h == "ferplus" else 1 - ferplus_share) for h, c in heads.items()]
-    return keras.Model(model.input, sum(terms[1:], terms[0]), name=f"{model.name}_both")
+    share = {"fer2013": 1 - ferplus_share, "ferplus": ferplus_share}
+    blend = weighted_log_mean([(model.output[h], columns_for(c, target)) for h, c in heads.items()],
+                              [share[h] for h in heads])
+    return keras.Model(model.input, blend, name=f"{model.name}_both")
+
+
+def weighted_log_mean(logits: list, weights) -> object:
+    """sum_k w_k * log_softmax(logits_k[:, columns_k]) for [(logits tensor, columns)]: the log of a weighted
+    geometric mean of the restricted probabilities (its softmax is that mean, renormalised)."""
+    import keras
+
+    terms = [keras.ops.log_softmax(keras.ops.take(t, np.array(cols), axis=1), axis=1) * float(w)
+             for (t, cols), w in zip(logits, weights, strict=True)]
+    return sum(terms[1:], terms[0])
 
 
 def head_net(model, heads: dict, name: str | None, target: ClassSet, ferplus_share: float = 0.5):
@@ -86,24 +97,20 @@ def input_name(shape) -> str:
 
 
 def fused_logits_model(parts, weights):
-    """One model from several single-head logits nets [(net, columns)]: sum_k w_k * log_softmax(net_k[columns_k]),
-    the log of a weighted geometric mean of their restricted probabilities (softmax of it is that mean,
-    renormalised). Nets that take the same input shape share one input: one crop feeds them all."""
+    """One model from several single-head logits nets [(net, columns)] with `weights`: their weighted_log_mean.
+    Nets that take the same input shape share one input: one crop feeds them all."""
     import keras
 
     inputs: dict[tuple, object] = {}
-    terms, names = [], set()
-    for (net, cols), w in zip(parts, weights, strict=True):
+    logits, names = [], set()
+    for net, cols in parts:
         if net.name in names:  # two runs' nets share build_classifier's name; Keras wants each once in a model
             net = keras.Model(net.input, net.output, name=f"{net.name}_{len(names)}")
         names.add(net.name)
         shape = tuple(int(v) for v in net.input_shape[1:])
         x = inputs.setdefault(shape, keras.Input(shape, name=input_name((None, *shape))))
-        logits = keras.ops.take(net(x, training=False), np.array(cols), axis=1)
-        terms.append(keras.ops.log_softmax(logits, axis=1) * float(w))
-    fused = terms[0]
-    for t in terms[1:]:
-        fused = fused + t
+        logits.append((net(x, training=False), cols))
+    fused = weighted_log_mean(logits, weights)
     ordered = sorted(inputs.items(), key=lambda kv: (kv[0] != (48, 48, 1), kv[0]))  # the engine's crop order
     tensors = [t for _, t in ordered]
     return keras.Model(tensors[0] if len(tensors) == 1 else tensors, fused, name="fused_logits")
