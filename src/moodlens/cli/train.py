@@ -159,8 +159,9 @@ def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
 @click.option("--fuse-weights", help="Comma-separated weights, CHECKPOINT's first [default: equal].")
 @click.option("--calibrate-on", type=click.Choice(["auto", "fer2013", "ferplus"]), default="auto", show_default=True,
               help="Labels the calibration is fitted to (auto: FER+ majority for the FER+ head, else FER2013's).")
-@click.option("--ferplus-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="--head both: the FER+ head's weight in the blend (the FER2013 head's is the rest).")
+@click.option("--ferplus-share", type=click.FloatRange(0, 1),
+              help="--head both: the FER+ head's weight in the blend (the FER2013 head's is the rest) "
+                   "[default: 0.5, equal weights].")
 def export_command(checkpoint, classes, out, fer2013, ferplus, split, head, calibration, uncertain_below, quantize,
                    flip_tta, fuse_with, photos, fuse_weights, calibrate_on, ferplus_share) -> None:
     """Calibrate a checkpoint, export it to LiteRT, measure it and write its model card."""

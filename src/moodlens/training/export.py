@@ -35,7 +35,10 @@ def single_head(model, head: str | None = None):
     return keras.Model(model.input, model.output[head], name=f"{model.name}_{head}")
 
 
-def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet, ferplus_share: float = 0.5):
+EQUAL_SHARE = 0.5  # --head both without --ferplus-share: the plain geometric mean of the two heads
+
+
+def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet, ferplus_share: float = EQUAL_SHARE):
     """A two-head checkpoint (`heads`: checkpoint_heads) as one logits model over `target`: the log of the
     weighted geometric mean of its heads' probabilities restricted to `target`, the FER+ head's weight
     `ferplus_share`. The heads sit on one trunk, so it costs what one head costs; it reads FER2013's labels and
@@ -58,7 +61,7 @@ def weighted_log_mean(logits: list, weights) -> object:
     return sum(terms[1:], terms[0])
 
 
-def head_net(model, heads: dict, name: str | None, target: ClassSet, ferplus_share: float = 0.5):
+def head_net(model, heads: dict, name: str | None, target: ClassSet, ferplus_share: float = EQUAL_SHARE):
     """(logits net, classes it was trained on, columns giving `target`) of head `name` of a checkpoint: a head,
     the checkpoint itself (one-head: None), or "both" heads blended (`blended_heads`)."""
     if name == "both":
@@ -243,7 +246,7 @@ def label_sets(fer2013: str | Path, split: str, target: ClassSet, ferplus: str |
 
 
 def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, flip_tta: bool,
-                ferplus_share: float = 0.5) -> tuple[str | None, dict]:
+                ferplus_share: float = EQUAL_SHARE) -> tuple[str | None, dict]:
     """The head to export and what each head measured (accuracy per label set on the split); "both" (the two
     heads blended, `blended_heads`) is measured only when asked for."""
     if None in heads:
@@ -312,7 +315,7 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
                  calibration: str = "vector", uncertain_below: float | None = None, quantize: str = "dynamic",
                  flip_tta: bool = False, machine: str = "", fuse_with: tuple[str, ...] = (),
                  fuse_weights: tuple[float, ...] | None = None, calibrate_on: str = "auto",
-                 photos: str | Path | None = None, ferplus_share: float = 0.5) -> tuple[dict, tuple[Path, ...]]:
+                 photos: str | Path | None = None, ferplus_share: float | None = None) -> tuple[dict, tuple[Path, ...]]:
     """`moodlens export`: pick the head, calibrate on `split`, write the .tflite, check it against Keras,
     measure it and write its model card. Returns (card, written paths).
 
@@ -322,7 +325,7 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     moves decisions toward those labels' class balance: fitted on FER2013's, a fused 4-class file measured 0.830
     on FER+ majority labels before calibration and 0.750 after. `photos`: labelled real photos (a labels.csv or
     folder, as `evaluate --photos`) scored end to end with the written file, for the card. `ferplus_share`: the
-    FER+ head's weight in `head="both"` (the FER2013 head's is the rest)."""
+    FER+ head's weight in `head="both"` (the FER2013 head's is the rest; None: equal weights)."""
     import json
 
     from scipy.special import softmax
@@ -341,10 +344,11 @@ def export_model(checkpoint: str | Path, classes: str, out: str | Path, fer2013:
     target = class_set(classes)
     frame = read_fer2013(fer2013)
     sets = label_sets(fer2013, split, target, ferplus, frame)
-    if ferplus_share != 0.5 and head != "both":
+    if ferplus_share is not None and head != "both":
         raise ValueError("a FER+ share weights the heads of --head both: export both heads to use it")
-    head, measured = choose_head(full, heads, target, sets, head, flip_tta, ferplus_share)
-    model, trained, cols = head_net(full, heads, head, target, ferplus_share)
+    share = EQUAL_SHARE if ferplus_share is None else ferplus_share
+    head, measured = choose_head(full, heads, target, sets, head, flip_tta, share)
+    model, trained, cols = head_net(full, heads, head, target, share)
     components = []
     if fuse_with:
         weights = fuse_weights or (1 / (len(fuse_with) + 1),) * (len(fuse_with) + 1)

@@ -119,10 +119,10 @@ def init_source(path: str) -> str:
 def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], out: Path, quantize: str,
                flip_tta: bool, parameters: int, calibration: dict, uncertain_below: float, metrics: dict,
                max_diff: float, run_cfg: dict, split: str, speed: dict, components: list | None = None,
-               inputs: list | None = None, ferplus_share: float = 0.5) -> dict:
+               inputs: list | None = None, ferplus_share: float | None = None) -> dict:
     """The model card `moodlens export` writes, from what it measured. `components`: the nets of a fused file
     (export.fuse_component); `inputs`: its input crops as [size, size, channels]; `ferplus_share`: the FER+
-    head's weight in a blend of both heads."""
+    head's weight in a blend of both heads, when one was given."""
     stages = training_stages(run_cfg, trained.name, split)
     description = stages[-1]
     if components:
@@ -132,7 +132,7 @@ def build_card(*, classes, trained, head, head_choice: dict, cols: list[int], ou
                 f"{c['training'] or 'no run config beside it.'}" for i, c in enumerate(components))
     measured = "; ".join(f"{h}: " + ", ".join(f"{k} {v:.2%}" for k, v in m.items()) for h, m in head_choice.items())
     if head == "both":
-        weights = "" if ferplus_share == 0.5 else \
+        weights = "" if ferplus_share is None else \
             f", weighted {1 - ferplus_share:g} FER2013 head / {ferplus_share:g} FER+ head"
         description += (" This file blends both heads (the geometric mean of their probabilities restricted to "
                         f"{', '.join(classes.classes)}{weights}; one trunk, the cost of one head); on {split}: "
