@@ -38,7 +38,7 @@ def single_head(model, head: str | None = None):
 EQUAL_SHARE = 0.5  # --head both without --ferplus-share: the plain geometric mean of the two heads
 
 
-def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet, ferplus_share: float = EQUAL_SHARE):
+def blended_heads(model, heads: dict[str, ClassSet], target: ClassSet, ferplus_share: float):
     """A two-head checkpoint (`heads`: checkpoint_heads) as one logits model over `target`: the log of the
     weighted geometric mean of its heads' probabilities restricted to `target`, the FER+ head's weight
     `ferplus_share`. The heads sit on one trunk, so it costs what one head costs; it reads FER2013's labels and
@@ -246,7 +246,7 @@ def label_sets(fer2013: str | Path, split: str, target: ClassSet, ferplus: str |
 
 
 def choose_head(model, heads: dict, target: ClassSet, sets: dict, head: str, flip_tta: bool,
-                ferplus_share: float = EQUAL_SHARE) -> tuple[str | None, dict]:
+                ferplus_share: float) -> tuple[str | None, dict]:
     """The head to export and what each head measured (accuracy per label set on the split); "both" (the two
     heads blended, `blended_heads`) is measured only when asked for."""
     if None in heads:
