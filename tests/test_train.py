@@ -213,6 +213,13 @@ def test_trains_from_parquet_face_shards(tmp_path):
     assert keras.models.load_model(tmp_path / "run" / "best.keras").output_shape[-1] == 4
     assert json.loads((tmp_path / "run" / "state.json").read_text())["monitor"] == "val_accuracy"
 
+    # lengthened on resume, keeping every epoch's weights from then on
+    out = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path / "run"), "--resume", "--epochs", "2",
+                                    "--keep-epochs"])
+    assert out.exit_code == 0, out.output
+    assert sorted(p.name for p in (tmp_path / "run").glob("epoch-*.keras")) == ["epoch-002.keras"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["extra"] == {"keep_epochs": True}
+
 
 def heads_config(tmp_path, run: str, epochs: int = 1) -> TrainConfig:
     fer, plus = make_fer_pair(tmp_path)

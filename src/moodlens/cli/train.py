@@ -74,12 +74,14 @@ def parse_depth(value: str | None) -> tuple[int, ...] | None:
               help="--targets heads: the FER+ head's share of the loss (the FER2013 head's is 1).")
 @click.option("--photos", type=click.Path(exists=True),
               help="Labelled real photos (photos-dev labels.csv) scored every epoch: validation only.")
+@click.option("--keep-epochs", is_flag=True,
+              help="Keep every epoch's (averaged) weights as epoch-NNN.keras, to choose on more than one probe.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 @click.option("--stop-after", type=int, help="Stop after this many epochs in this call (resume later).")
 def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, batch_size, optimizer, lr,
                   weight_decay, ema, dropout, stage_dropout, label_smoothing, warmup_epochs, class_weight, width,
                   depth, seed, limit, init_from, arch, faceapi_dir, distill, teacher, teacher_flip, ferplus_weight,
-                  photos, resume, stop_after) -> None:
+                  photos, keep_epochs, resume, stop_after) -> None:
     """Train the expression classifier (Keras 3 on TensorFlow; needs `pip install 'moodlens[train]'`)."""
     from moodlens.training.train import TrainConfig, train
 
@@ -101,7 +103,8 @@ def train_command(run_dir, fer2013, ferplus, shards, classes, targets, epochs, b
                       warmup_epochs=warmup_epochs, class_weight=class_weight,
                       width=width, depth=depth, seed=seed, limit=limit, init_from=init_from, arch=arch,
                       faceapi_dir=faceapi_dir, distill=distill,
-                      teacher=teacher, teacher_flip=teacher_flip, ferplus_weight=ferplus_weight, photos=photos)
+                      teacher=teacher, teacher_flip=teacher_flip, ferplus_weight=ferplus_weight, photos=photos,
+                      extra={"keep_epochs": True} if keep_epochs else {})
     try:
         run = train(cfg, resume=resume, stop_after=stop_after, epochs=epochs if resume else None)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:

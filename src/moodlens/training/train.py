@@ -490,7 +490,8 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
 
     `stop_after` ends this call after that many epochs (the run stays resumable), for time-boxed sessions.
     `epochs` on resume lengthens or shortens the run: the learning-rate schedule is rebuilt for the new length
-    (the resumed run is then no longer identical to an uninterrupted one).
+    (the resumed run is then no longer identical to an uninterrupted one). On resume the rest of `cfg` is the
+    run's own config.json, except `extra["keep_epochs"]`, which can be switched on.
     """
     import tensorflow as tf
 
@@ -499,10 +500,12 @@ def train(cfg: TrainConfig, resume: bool = False, verbose: int = 1, stop_after: 
     run = Path(cfg.run_dir)
     if resume:
         saved = TrainConfig(**json.loads((run / "config.json").read_text()))
+        if epochs is not None:
+            saved.epochs = epochs
+        if cfg.extra.get("keep_epochs"):  # --keep-epochs on a resume: from here on
+            saved.extra["keep_epochs"] = True
         cfg = saved
-        if epochs is not None and epochs != cfg.epochs:
-            cfg.epochs = epochs
-            (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         state = json.loads((run / "state.json").read_text())
         start, best = state["epochs_done"], state["best"]
     else:
