@@ -502,9 +502,10 @@ def test_a_two_head_run_starts_from_a_shipped_model_with_both_heads_giving_its_s
     assert not kernel[:, contempt].any() and bias[contempt] == bias.min()
     with pytest.raises(ValueError, match="--width 32"):
         init_from_checkpoint(str(SHIPPED_SEVEN), HEADS, width=36, faces=faces)
-    # grown deeper, its new batch norms set from the same faces: the same scores with batch statistics too
+    # grown deeper (the shipped net has 2/3/3/3), its new batch norms set from the same faces: the same scores
+    # with batch statistics too
     deeper = init_from_checkpoint(str(SHIPPED_SEVEN), SEVEN.classes, dropout=0.0, stage_dropout=0.0, faces=faces,
-                                  depth=(2, 3, 3, 3))
+                                  depth=(3, 3, 3, 4))
     x = faces[..., None].astype(np.float32)
     assert np.allclose(deeper.predict(x, verbose=0), recovered, atol=1e-4)
     assert np.allclose(np.asarray(deeper(x, training=True)), recovered, atol=5e-2)
