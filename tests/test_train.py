@@ -486,11 +486,13 @@ def test_a_shipped_model_is_recovered_as_a_trainable_network_giving_the_same_sco
 
 def test_a_two_head_run_starts_from_a_shipped_model_with_both_heads_giving_its_scores(tmp_path):
     from moodlens.training.labels import FERPLUS_HEAD, SEVEN
+    from moodlens.training.model import stage_depth
     from moodlens.training.recover import classifier_from_tflite
     from moodlens.training.train import HEADS, init_from_checkpoint
 
     faces = synthetic_faces(np.arange(32) % 7)
-    recovered = classifier_from_tflite(SHIPPED_SEVEN, faces).predict(faces[..., None].astype(np.float32), verbose=0)
+    shipped = classifier_from_tflite(SHIPPED_SEVEN, faces)
+    recovered = shipped.predict(faces[..., None].astype(np.float32), verbose=0)
     model = init_from_checkpoint(str(SHIPPED_SEVEN), HEADS, faces=faces)
     heads = model.predict(faces[..., None].astype(np.float32), verbose=0)
     assert np.allclose(heads["fer2013"], recovered, atol=1e-4)
@@ -502,10 +504,10 @@ def test_a_two_head_run_starts_from_a_shipped_model_with_both_heads_giving_its_s
     assert not kernel[:, contempt].any() and bias[contempt] == bias.min()
     with pytest.raises(ValueError, match="--width 32"):
         init_from_checkpoint(str(SHIPPED_SEVEN), HEADS, width=36, faces=faces)
-    # grown deeper (the shipped net has 2/3/3/3), its new batch norms set from the same faces: the same scores
+    # grown one convolution deeper in every stage, its new batch norms set from the same faces: the same scores
     # with batch statistics too
     deeper = init_from_checkpoint(str(SHIPPED_SEVEN), SEVEN.classes, dropout=0.0, stage_dropout=0.0, faces=faces,
-                                  depth=(3, 3, 3, 4))
+                                  depth=tuple(d + 1 for d in stage_depth(shipped)))
     x = faces[..., None].astype(np.float32)
     assert np.allclose(deeper.predict(x, verbose=0), recovered, atol=1e-4)
     assert np.allclose(np.asarray(deeper(x, training=True)), recovered, atol=5e-2)
